@@ -1,0 +1,1 @@
+"""What runs on the device: numpy plus one runtime, never torch."""

@@ -1,0 +1,137 @@
+"""The ``compress`` command line. No logic lives here: it parses, then calls the runner or a stage."""
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from pipeline import runner as runner_mod
+from pipeline.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, distill, quantize and benchmark a small image classifier.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class State:
+    config: Optional[str] = None
+    overrides: list[str] = []
+    run_dir: Optional[Path] = None
+    debug: bool = False
+
+
+STATE = State()
+
+
+@app.callback()
+def main_options(
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file or shipped name "
+                                                  "(smoke, default, paper).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.key=value "
+                                                      "(repeatable).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Run folder "
+                                                    "(default runs/<config name>).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+):
+    STATE.config, STATE.overrides, STATE.run_dir, STATE.debug = config, list(set_ or []), run_dir, debug
+
+
+def _setup():
+    """Resolved config, run directory and runner for the global options."""
+    from pipeline import config as config_mod
+    from pipeline.store import RunDir
+
+    cfg = config_mod.load(STATE.config or "default", STATE.overrides)
+    name = Path(STATE.config).stem if STATE.config else "default"
+    run = RunDir(STATE.run_dir or Path("runs") / name)
+    return cfg, run
+
+
+def _run(to: Optional[str], start: Optional[str], force: Optional[str]) -> None:
+    cfg, run = _setup()
+    try:
+        with run.locked():
+            runner = runner_mod.Runner(cfg, run, console, STATE.debug)
+            runner.run_all(runner.select(to=to, start=start), force=force)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished stages and the last epoch checkpoint are kept; rerun the same "
+                          "command to resume", highlight=False)
+        raise typer.Exit(130) from None
+
+
+ForceOpt = Annotated[Optional[str], typer.Option("--force", help="Rerun this stage and every stage after it.")]
+
+
+@app.command("all")
+def all_(
+    force: ForceOpt = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="First stage to run (earlier ones must be "
+                                                 "done).")] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Last stage to run.")] = None,
+):
+    """Run every stage in order, skipping those whose inputs and config have not changed."""
+    _run(to, start, force)
+
+
+@app.command()
+def status():
+    """Each stage: done, stale or missing; when it finished and how long it took."""
+    from rich.table import Table
+
+    cfg, run = _setup()
+    table = Table(title=f"run {run.root}")
+    for col in ("stage", "state", "finished", "took"):
+        table.add_column(col)
+    colours = {"done": "green", "stale": "yellow", "missing": "red"}
+    for name, state, finished, took in runner_mod.Runner(cfg, run, console).status_rows():
+        table.add_row(name, f"[{colours[state]}]{state}[/]", finished, took)
+    console.print(table)
+
+
+@app.command("config")
+def show_config(keys: Annotated[bool, typer.Option("--keys", help="List every valid key.")] = False):
+    """Print the resolved config (defaults + file + --set) as YAML."""
+    from pipeline import config as config_mod
+
+    if keys:
+        console.print("\n".join(config_mod.all_keys()), highlight=False)
+    else:
+        console.print(config_mod.dump(config_mod.load(STATE.config or "default", STATE.overrides)), highlight=False)
+
+
+def _stage_command(name: str):
+    def command(force: ForceOpt = None):
+        _run(name, None, force)
+    command.__doc__ = f"Run the pipeline up to and including '{name}' (earlier stages only if needed)."
+    return command
+
+
+for _name in runner_mod.available():
+    app.command(_name)(_stage_command(_name))
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2; anything else one line unless --debug."""
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # anything unexpected: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the "
+                          "traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

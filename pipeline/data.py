@@ -1,0 +1,273 @@
+"""Data sets held in memory as decoded uint8 tensors; batches are augmented as whole tensors.
+
+Fashion-MNIST is found offline (a torchvision root or Debian's dataset-fashion-mnist files) before
+anything is downloaded; CIFAR-10 is read from its own pickle batches; a user's images come through an
+ImageFolder layout with a held-out split; ``synthetic`` is a procedurally generated, learnable set.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path("data")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+FASHION_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+                 "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+DATASETS = ("fashion_mnist", "cifar10", "imagefolder", "synthetic")
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # uint8, N x C x H x W
+    train_y: torch.Tensor  # int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self):
+        scaled = self.train_x[:20000].float().div_(255)
+        self.mean = tuple(round(v, 4) for v in scaled.mean((0, 2, 3)).tolist())
+        self.std = tuple(round(max(v, 1e-3), 4) for v in scaled.std((0, 2, 3)).tolist())
+
+    @property
+    def channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.train_x.shape[2]
+
+    def meta(self) -> dict:
+        """What a deployed model needs to know about its input (goes into checkpoints and model files)."""
+        return {"dataset": self.name, "classes": self.classes, "channels": self.channels, "size": self.size,
+                "mean": list(self.mean), "std": list(self.std), "layout": "NCHW"}
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float().div_(255) - mean) / std
+
+
+def load(cfg: DataConfig, seed: int = 0) -> Dataset:
+    if cfg.dataset not in DATASETS:
+        import difflib
+        close = difflib.get_close_matches(cfg.dataset, DATASETS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown data set '{cfg.dataset}'{hint} Valid: {', '.join(DATASETS)}")
+    ds = {"fashion_mnist": _fashion, "cifar10": _cifar10, "imagefolder": _imagefolder,
+          "synthetic": _synthetic}[cfg.dataset](cfg, seed)
+    if cfg.train_subset:
+        ds = Dataset(ds.name, ds.train_x[:cfg.train_subset], ds.train_y[:cfg.train_subset], ds.test_x, ds.test_y,
+                     ds.classes)
+    return ds
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+        magic = int.from_bytes(raw[:4], "big")
+        ndim = magic & 0xFF
+        if magic >> 8 != 0x08 or ndim not in (1, 3):
+            raise ValueError("bad magic number")
+        dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path} is corrupt ({exc}); delete it and fetch Fashion-MNIST again "
+                        "(apt-get install dataset-fashion-mnist)") from exc
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_candidates(cfg: DataConfig) -> list[Path]:
+    roots = [Path(cfg.root)] if cfg.root else [DEFAULT_ROOT]
+    folders = []
+    for root in roots:
+        folders += [root, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
+    return folders + [DEBIAN_FASHION]
+
+
+def _fashion(cfg: DataConfig, seed: int) -> Dataset:
+    if cfg.root and not Path(cfg.root).exists():
+        raise UserError(f"data.root {cfg.root} does not exist; fix the path or leave data.root empty")
+    folders = _fashion_candidates(cfg)
+    for folder in folders:
+        files = {k: _find_idx(folder, stem) for k, stem in FASHION_FILES.items()}
+        if all(files.values()):
+            break
+    else:
+        if not cfg.download:
+            raise UserError(f"Fashion-MNIST not found in {', '.join(map(str, folders))}; "
+                            "run 'apt-get install dataset-fashion-mnist' or set data.download=true")
+        folder = _download("FashionMNIST", Path(cfg.root or DEFAULT_ROOT))
+        files = {k: _find_idx(folder, stem) for k, stem in FASHION_FILES.items()}
+    arrays = {k: _read_idx(p) for k, p in files.items()}
+    if len(arrays["train_x"]) != len(arrays["train_y"]) or len(arrays["test_x"]) != len(arrays["test_y"]):
+        raise UserError(f"Fashion-MNIST files in {folder} disagree in length; fetch them again")
+    tensor = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    return Dataset("fashion_mnist", tensor["train_x"][:, None], tensor["train_y"].long(), tensor["test_x"][:, None],
+                   tensor["test_y"].long(), FASHION_CLASSES)
+
+
+def _download(kind: str, root: Path) -> Path:
+    import torchvision
+
+    try:
+        if kind == "FashionMNIST":
+            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+            return root / "FashionMNIST" / "raw"
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        return root
+    except Exception as exc:  # network errors come in many types
+        raise UserError(f"could not download {kind} into {root} ({exc.__class__.__name__}); "
+                        f"put the files there by hand or set data.root") from exc
+
+
+# --- CIFAR-10 --------------------------------------------------------------------------------------
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise UserError(f"{path} is corrupt ({exc.__class__.__name__}); delete cifar-10-batches-py and "
+                        "fetch CIFAR-10 again") from exc
+
+
+def _cifar10(cfg: DataConfig, seed: int) -> Dataset:
+    root = Path(cfg.root or DEFAULT_ROOT)
+    folder = root / "cifar-10-batches-py"
+    if not (folder / "test_batch").is_file():
+        if not cfg.download:
+            raise UserError(f"CIFAR-10 not found in {folder}; set data.download=true or unpack "
+                            "cifar-10-python.tar.gz into data.root")
+        _download("CIFAR10", root)
+
+    def batches(names):
+        parts = [_unpickle(folder / n) for n in names if (folder / n).is_file()]
+        if not parts:
+            raise UserError(f"no CIFAR-10 batches {names[0]}... in {folder}; fetch CIFAR-10 again")
+        x = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32)
+        y = np.concatenate([np.asarray(p[b"labels"]) for p in parts])
+        return torch.from_numpy(x.astype(np.uint8)), torch.from_numpy(y).long()
+
+    train_x, train_y = batches([f"data_batch_{i}" for i in range(1, 6)])
+    test_x, test_y = batches(["test_batch"])
+    meta = folder / "batches.meta"
+    classes = ([c.decode() for c in _unpickle(meta)[b"label_names"]] if meta.is_file()
+               else [str(i) for i in range(10)])
+    return Dataset("cifar10", train_x, train_y, test_x, test_y, classes)
+
+
+# --- ImageFolder -----------------------------------------------------------------------------------
+
+def _imagefolder(cfg: DataConfig, seed: int) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(cfg.root)
+    if not cfg.root or not root.is_dir():
+        raise UserError(f"data.root '{cfg.root}' is not a folder; point it at a folder with one subfolder "
+                        "of images per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.is_file()]
+    if len(classes) < 2 or not files:
+        raise UserError(f"{root} needs at least two class subfolders with images in them")
+    images, size = [], None
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                size = size or img.size
+                images.append(np.asarray(img.resize(size)))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); remove it") from exc
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([i for _, i in files])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(len(y) * cfg.val_fraction)))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset("imagefolder", x[train], y[train], x[test], y[test], classes)
+
+
+# --- synthetic -------------------------------------------------------------------------------------
+
+def synthetic_images(n: int, classes: int, size: int, channels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class is an oriented grating at its own frequency, with random phase, shift and noise:
+    learnable in a few epochs, not by a single pixel."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    angle = (y.float() / classes * torch.pi)[:, None, None]
+    freq = (1.5 + (y % 3).float())[:, None, None] * 2 * torch.pi / size
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * torch.pi
+    coords = torch.arange(size).float()
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    wave = torch.sin(freq * (xx * torch.cos(angle) + yy * torch.sin(angle)) + phase)
+    img = wave[:, None].repeat(1, channels, 1, 1) * 0.6 + torch.randn(n, channels, size, size, generator=g) * 0.3
+    return ((img.clamp(-1, 1) + 1) * 127.5).to(torch.uint8), y
+
+
+def _synthetic(cfg: DataConfig, seed: int) -> Dataset:
+    args = (cfg.synthetic_classes, cfg.synthetic_size, cfg.synthetic_channels)
+    train_x, train_y = synthetic_images(cfg.synthetic_train, *args, seed=1000 + seed)
+    test_x, test_y = synthetic_images(cfg.synthetic_test, *args, seed=2000 + seed)
+    return Dataset("synthetic", train_x, train_y, test_x, test_y, [f"class{i}" for i in range(cfg.synthetic_classes)])
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+def augment(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Random crop (pad 2 for <=28 px, 4 above) and horizontal flip on a whole uint8 batch at once."""
+    if mode == "none":
+        return x
+    if mode not in ("crop", "crop_flip"):
+        raise UserError(f"unknown data.augment '{mode}'; use none, crop or crop_flip")
+    n, _, h, w = x.shape
+    pad = 2 if h <= 28 else 4
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=g)
+    rows = (torch.arange(h).view(1, h, 1) + dy).expand(n, h, w)
+    cols = (torch.arange(w).view(1, 1, w) + dx).expand(n, h, w)
+    out = padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+    if mode == "crop_flip":
+        flip = torch.rand(n, generator=g) < 0.5
+        out = torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+    return out.contiguous()
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+            augment_mode: str = "none", rank: int = 0, world: int = 1, drop_last: bool = False):
+    """Yield (uint8 images, labels, indices); with ``world`` > 1 each rank gets its own equal shard."""
+    n = len(y)
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    if world > 1:
+        per_rank = n // world
+        order = order[rank * per_rank:(rank + 1) * per_rank]
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        xb = x[idx]
+        if augment_mode != "none":
+            xb = augment(xb, augment_mode, g)
+        yield xb, y[idx], idx

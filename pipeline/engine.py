@@ -1,0 +1,280 @@
+"""Training and evaluation: SGD with a one-cycle or cosine schedule, bf16 autocast + channels_last on CPUs
+that have bf16, CUDA AMP on GPUs, per-epoch checkpoints that a rerun resumes from, and DDP under torchrun.
+
+A training *task* is any nn.Module whose ``forward(x, y)`` returns ``(loss, logits)``; ``Classifier`` is the
+plain one, distillers are others. The engine does not care which.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from pipeline import data as data_mod
+from pipeline.config import TrainConfig
+from pipeline.errors import UserError
+from pipeline.store import atomic_path, atomic_write
+
+
+class Classifier(nn.Module):
+    """Cross-entropy training of one model (optionally with label smoothing)."""
+
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, x, y):
+        logits = self.model(x)
+        return nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
+
+
+# --- devices, precision, distributed -------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun set up (RANK / WORLD_SIZE / LOCAL_RANK); a no-op for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, d: Dist | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' asked for but no GPU is visible; set device=cpu or device=auto")
+        if d is not None and d.world > 1:
+            return torch.device("cuda", d.local_rank)
+    elif name != "cpu":
+        raise UserError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision '{precision}'; use auto, fp32, bf16 or fp16")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def prepare(x: torch.Tensor, ds: data_mod.Dataset, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = ds.normalize(x.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, ds: data_mod.Dataset, *, batch_size: int = 1000,
+            device: torch.device = torch.device("cpu"), precision: str = "fp32",
+            channels_last: bool = False) -> torch.Tensor:
+    """Float32 logits for uint8 images ``x``, in order."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for xb, _, _ in data_mod.batches(x, torch.zeros(len(x), dtype=torch.long), batch_size, shuffle=False):
+        with autocast(device, precision):
+            outs.append(model(prepare(xb, ds, device, channels_last)).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    out = {"top1": (logits.argmax(1) == y).float().mean().item(),
+           "loss": nn.functional.cross_entropy(logits, y).item()}
+    if logits.shape[1] > 10:
+        out["top5"] = (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item()
+    return out
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+def make_optimizer(params, cfg: TrainConfig, steps: int):
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
+                                                    pct_start=cfg.warmup_fraction, div_factor=10,
+                                                    final_div_factor=100)
+    elif cfg.schedule == "cosine":
+        warm = max(1, int(steps * cfg.warmup_fraction))
+
+        def factor(step):
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    else:
+        raise UserError(f"unknown schedule '{cfg.schedule}'; use onecycle or cosine")
+    return opt, sched
+
+
+@dataclass
+class FitResult:
+    history: list = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[ips]:.0f} img/s"),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfig, out_dir: Path, *,
+        seed: int, fingerprint: str, console: Console, augment: str = "none", device_name: str = "auto",
+        label: str = "train", on_epoch=None) -> FitResult:
+    """Train ``task`` (loss module) and evaluate ``model`` (the net inside it) after every epoch.
+
+    Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` into ``out_dir``. A
+    ``last.pt`` written for the same ``fingerprint`` is resumed; one for another is ignored.
+    """
+    d = init_distributed()
+    device = pick_device(device_name, d)
+    precision = resolve_precision(cfg.precision, device)
+    torch.manual_seed(seed)
+    task.to(device)
+    if cfg.channels_last:
+        task.to(memory_format=torch.channels_last)
+    steps_per_epoch = (len(ds.train_y) // d.world) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise UserError(f"batch size {cfg.batch_size} is larger than the training set; lower {label}.batch_size")
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    opt, sched = make_optimizer(trainable, cfg, steps_per_epoch * cfg.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    result = FitResult()
+    start = _resume(out_dir / "last.pt", fingerprint, task, opt, sched, result, console if d.main else None)
+    net = nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None) \
+        if d.world > 1 else task
+    best = max((h["test_top1"] for h in result.history), default=-1.0)
+    for epoch in range(start, cfg.epochs):
+        stats = _train_epoch(net, opt, sched, scaler, ds, cfg, device, precision, seed, epoch, d,
+                             console, f"{label} {epoch + 1}/{cfg.epochs}", augment)
+        test = accuracy(predict(model, ds.test_x, ds, batch_size=cfg.eval_batch_size, device=device,
+                                precision=precision, channels_last=cfg.channels_last), ds.test_y)
+        row = {"epoch": epoch + 1, **stats, "test_top1": test["top1"], "test_loss": test["loss"],
+               "lr": opt.param_groups[0]["lr"]}
+        result.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if d.main:
+            console.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
+                          f"train {row['train_top1']:.2%}  test {row['test_top1']:.2%}  "
+                          f"{row['images_per_s']:.0f} img/s")
+            _save_state(out_dir, task, opt, sched, result, fingerprint, epoch, precision)
+            if row["test_top1"] > best:
+                best = row["test_top1"]
+                with atomic_path(out_dir / "best.pt") as tmp:
+                    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+    if d.world > 1:
+        dist.barrier()
+    return result
+
+
+def _train_epoch(net, opt, sched, scaler, ds, cfg, device, precision, seed, epoch, d, console, desc, augment) -> dict:
+    net.train()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    started = time.perf_counter()
+    steps = (len(ds.train_y) // d.world) // cfg.batch_size
+    with _progress(console) as bar:
+        job = bar.add_task(desc, total=steps, loss=0.0, acc=0.0, ips=0.0, visible=d.main)
+        for xb, yb, _ in data_mod.batches(ds.train_x, ds.train_y, cfg.batch_size, shuffle=True, seed=seed,
+                                          epoch=epoch, augment_mode=augment, rank=d.rank,
+                                          world=d.world, drop_last=True):
+            x = prepare(xb, ds, device, cfg.channels_last)
+            y = yb.to(device, non_blocking=True)
+            with autocast(device, precision):
+                loss, logits = net(x, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            n = len(y)
+            totals += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
+            elapsed = time.perf_counter() - started
+            bar.update(job, advance=1, loss=totals[0].item() / totals[2].item(),
+                       acc=totals[1].item() / totals[2].item(), ips=totals[2].item() * d.world / elapsed)
+    if d.world > 1:
+        dist.all_reduce(totals)
+    elapsed = time.perf_counter() - started
+    return {"train_loss": totals[0].item() / totals[2].item(), "train_top1": totals[1].item() / totals[2].item(),
+            "images_per_s": totals[2].item() / elapsed, "epoch_seconds": elapsed}
+
+
+def _save_state(out_dir, task, opt, sched, result, fingerprint, epoch, precision):
+    state = {"fingerprint": fingerprint, "epoch": epoch, "task": task.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "history": result.history, "precision": precision,
+             "rng": torch.get_rng_state()}
+    with atomic_path(out_dir / "last.pt") as tmp:
+        torch.save(state, tmp)
+    atomic_write(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
+
+
+def _resume(path: Path, fingerprint: str, task, opt, sched, result: FitResult, console) -> int:
+    if not path.exists():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged last.pt only costs the progress it held
+        if console:
+            console.print(f"[yellow]{path} is unreadable; training starts over[/yellow]")
+        return 0
+    if state.get("fingerprint") != fingerprint:
+        return 0
+    task.load_state_dict(state["task"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["rng"])
+    result.history = list(state["history"])
+    result.resumed_from = state["epoch"] + 1
+    if console:
+        console.print(f"resuming from epoch {result.resumed_from} ({path})")
+    return result.resumed_from

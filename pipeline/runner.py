@@ -1,0 +1,158 @@
+"""Stage order, fingerprints and the skip / stale decision (make- and dvc.lock-style)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from rich.console import Console
+
+import pipeline
+from pipeline import config as config_mod
+from pipeline.errors import UserError
+from pipeline.store import RunDir, atomic_write, file_record, sha256
+
+# The pipeline, in order. Each name is a module in stages/.
+ORDER = ["teacher", "adapt", "distill", "export", "simplify", "quantize", "benchmark"]
+
+
+def available() -> list[str]:
+    """Stages whose module exists (the pipeline grows one stage at a time)."""
+    return [name for name in ORDER if importlib.util.find_spec(f"stages.{name}") is not None]
+
+
+def load_stage(name: str):
+    return importlib.import_module(f"stages.{name}")
+
+
+@dataclass
+class Context:
+    """What a stage gets: the frozen config, its own folder, and read access to the run."""
+
+    cfg: config_mod.Config
+    run: RunDir
+    name: str
+    fingerprint: str
+    console: Console
+    debug: bool = False
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.run.stage_dir(self.name)
+
+    def input(self, stage: str, filename: str) -> Path:
+        """A file written by an upstream stage; a clear error if it is not there."""
+        path = self.run.root / stage / filename
+        if not path.exists():
+            raise UserError(f"{path} is missing; run 'compress {stage}' (or 'compress all') first")
+        return path
+
+
+def _env() -> dict:
+    versions = {}
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "onnxsim", "tensorflow-cpu", "ai-edge-litert"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"python": platform.python_version(), "machine": platform.machine(),
+            "system": f"{platform.system()} {platform.release()}", "packages": versions}
+
+
+class Runner:
+    def __init__(self, cfg: config_mod.Config, run: RunDir, console: Console, debug: bool = False):
+        self.cfg, self.run, self.console, self.debug = cfg, run, console, debug
+        self.stages = available()
+
+    def fingerprint(self, name: str, manifest: dict) -> str:
+        mod = load_stage(name)
+        source = Path(mod.__file__).read_bytes()
+        payload = {
+            "stage": name,
+            "code": hashlib.sha256(source).hexdigest(),
+            "version": pipeline.__version__,
+            "config": {s: _as_json(self.cfg.section(s)) for s in mod.SECTIONS},
+            "inputs": {up: [o["sha256"] for o in manifest["stages"].get(up, {}).get("outputs", [])]
+                       for up in mod.UPSTREAM},
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def state(self, name: str, manifest: dict) -> str:
+        """done, stale or missing; a stage is only done if everything it reads from is done too."""
+        entry = manifest["stages"].get(name)
+        if not entry:
+            return "missing"
+        mod = load_stage(name)
+        if any(self.state(up, manifest) != "done" for up in mod.UPSTREAM if up in self.stages):
+            return "stale"
+        if entry.get("fingerprint") != self.fingerprint(name, manifest):
+            return "stale"
+        for out in entry.get("outputs", []):
+            path = self.run.root / out["path"]
+            if not path.exists() or path.stat().st_size != out["bytes"] or sha256(path) != out["sha256"]:
+                return "stale"
+        return "done"
+
+    def select(self, to: str | None = None, start: str | None = None) -> list[str]:
+        for stage in (to, start):
+            if stage is not None and stage not in self.stages:
+                raise UserError(f"unknown stage '{stage}'; stages are: {', '.join(self.stages)}")
+        first = self.stages.index(start) if start else 0
+        last = self.stages.index(to) if to else len(self.stages) - 1
+        if first > last:
+            raise UserError(f"--from {start} comes after --to {to}")
+        return self.stages[first:last + 1]
+
+    def run_all(self, selected: list[str], force: str | None = None) -> None:
+        if force is not None and force not in self.stages:
+            raise UserError(f"unknown stage '{force}' for --force; stages are: {', '.join(self.stages)}")
+        self.run.create()
+        atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
+        forced = set(self.stages[self.stages.index(force):]) if force else set()
+        for name in self.stages[:self.stages.index(selected[0])]:
+            if self.state(name, self.run.manifest()) != "done":
+                raise UserError(f"stage '{name}' is not done; run without --from, or 'compress {name}' first")
+        for name in selected:
+            manifest = self.run.manifest()
+            if name not in forced and self.state(name, manifest) == "done":
+                self.console.print(f"[dim]{name}: up to date, skipped[/dim]")
+                continue
+            self._run_stage(name, manifest)
+
+    def _run_stage(self, name: str, manifest: dict) -> None:
+        mod = load_stage(name)
+        ctx = Context(self.cfg, self.run, name, self.fingerprint(name, manifest), self.console, self.debug)
+        self.console.rule(f"[bold]{name}")
+        started = time.time()
+        outputs = mod.run(ctx)
+        entry = {
+            "fingerprint": ctx.fingerprint,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.time() - started, 2),
+            "outputs": [file_record(p, self.run.root) for p in outputs],
+            "metrics": ctx.metrics,
+            "env": _env(),
+        }
+        self.run.record(name, entry)
+        self.console.print(f"{name}: done in {entry['seconds']:.1f} s")
+
+    def status_rows(self) -> list[tuple[str, str, str, str]]:
+        manifest = self.run.manifest()
+        rows = []
+        for name in self.stages:
+            entry = manifest["stages"].get(name, {})
+            seconds = entry.get("seconds")
+            rows.append((name, self.state(name, manifest), entry.get("finished", "-"),
+                         f"{seconds:.1f} s" if seconds is not None else "-"))
+        return rows
+
+
+def _as_json(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value

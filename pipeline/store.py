@@ -1,0 +1,134 @@
+"""The run directory: atomic writes, sha256 of files, the manifest and the single-writer lock."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temp file and os.replace, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_json(path: Path, obj) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temp path beside ``path``; on success it replaces ``path`` (for libraries that write files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path, root: Path) -> dict:
+    return {"path": str(Path(path).relative_to(root)), "sha256": sha256(path), "bytes": Path(path).stat().st_size}
+
+
+class RunDir:
+    """``runs/<name>/``: one folder per stage, config.yaml and manifest.json at the top."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._lock_fh = None
+
+    def stage_dir(self, stage: str) -> Path:
+        path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def manifest(self) -> dict:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {"stages": {}}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is corrupt ({exc.msg}); move it away to rebuild every stage") from exc
+
+    def record(self, stage: str, entry: dict) -> None:
+        manifest = self.manifest()
+        manifest["stages"][stage] = entry
+        atomic_json(self.root / MANIFEST, manifest)
+
+    def forget(self, stage: str) -> None:
+        manifest = self.manifest()
+        if manifest["stages"].pop(stage, None) is not None:
+            atomic_json(self.root / MANIFEST, manifest)
+
+    def create(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"cannot write to run directory {self.root} ({exc.strerror}); "
+                            "pick another with --run-dir") from exc
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold an exclusive lock for this process; a second ``compress`` on the same run refuses to start.
+
+        flock is released by the kernel when the process dies, even by kill -9, so a crash never leaves
+        a stale lock behind.
+        """
+        self.create()
+        fh = open(self.root / LOCK, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UserError(f"run directory {self.root} is in use by {holder}; wait for it or use another --run-dir")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')} "
+                 f"({' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))})")
+        fh.flush()
+        try:
+            yield self
+        finally:
+            fh.close()

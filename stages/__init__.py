@@ -1,0 +1,1 @@
+"""One module per pipeline stage; each has NAME, SECTIONS, UPSTREAM, VERSION and run(ctx)."""
