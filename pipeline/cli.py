@@ -1,6 +1,8 @@
 """The ``compress`` command line. No logic lives here: it parses, then calls the runner or a stage."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -54,9 +56,14 @@ def _setup():
 
 def _run(to: Optional[str], start: Optional[str], force: Optional[str]) -> None:
     cfg, run = _setup()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from pipeline.engine import init_distributed
+
+        init_distributed()
+    main = runner_mod.is_main_process()  # under torchrun, ranks > 0 train alongside but write nothing
     try:
-        with run.locked():
-            runner = runner_mod.Runner(cfg, run, console, STATE.debug)
+        with run.locked() if main else contextlib.nullcontext():
+            runner = runner_mod.Runner(cfg, run, console if main else Console(quiet=True), STATE.debug)
             runner.run_all(runner.select(to=to, start=start), force=force)
     except KeyboardInterrupt:
         err_console.print("interrupted: finished stages and the last epoch checkpoint are kept; rerun the same "

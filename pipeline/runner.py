@@ -5,7 +5,10 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -42,10 +45,19 @@ class Context:
     console: Console
     debug: bool = False
     metrics: dict = field(default_factory=dict)
+    _scratch: Path | None = None
 
     @property
     def dir(self) -> Path:
-        return self.run.stage_dir(self.name)
+        """This stage's folder. Under torchrun only rank 0 writes the run; other ranks get a scratch folder."""
+        if is_main_process():
+            return self.run.stage_dir(self.name)
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"compress-rank{os.environ.get('RANK')}-{self.name}-"))
+            resume = self.run.root / self.name / "last.pt"
+            if resume.exists():  # every rank must resume from the same epoch as rank 0
+                shutil.copy(resume, self._scratch / "last.pt")
+        return self._scratch
 
     def input(self, stage: str, filename: str) -> Path:
         """A file written by an upstream stage; a clear error if it is not there."""
@@ -53,6 +65,19 @@ class Context:
         if not path.exists():
             raise UserError(f"{path} is missing; run 'compress {stage}' (or 'compress all') first")
         return path
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    """Keep torchrun ranks in step between stages (rank 0 writes the manifest the others read)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
 
 
 def _env() -> dict:
@@ -113,8 +138,9 @@ class Runner:
     def run_all(self, selected: list[str], force: str | None = None) -> None:
         if force is not None and force not in self.stages:
             raise UserError(f"unknown stage '{force}' for --force; stages are: {', '.join(self.stages)}")
-        self.run.create()
-        atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
+        if is_main_process():
+            self.run.create()
+            atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
         forced = set(self.stages[self.stages.index(force):]) if force else set()
         for name in self.stages[:self.stages.index(selected[0])]:
             if self.state(name, self.run.manifest()) != "done":
@@ -132,16 +158,20 @@ class Runner:
         self.console.rule(f"[bold]{name}")
         started = time.time()
         outputs = mod.run(ctx)
-        entry = {
-            "fingerprint": ctx.fingerprint,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seconds": round(time.time() - started, 2),
-            "outputs": [file_record(p, self.run.root) for p in outputs],
-            "metrics": ctx.metrics,
-            "env": _env(),
-        }
-        self.run.record(name, entry)
-        self.console.print(f"{name}: done in {entry['seconds']:.1f} s")
+        if is_main_process():
+            entry = {
+                "fingerprint": ctx.fingerprint,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seconds": round(time.time() - started, 2),
+                "outputs": [file_record(p, self.run.root) for p in outputs],
+                "metrics": ctx.metrics,
+                "env": _env(),
+            }
+            self.run.record(name, entry)
+            self.console.print(f"{name}: done in {entry['seconds']:.1f} s")
+        elif ctx._scratch is not None:
+            shutil.rmtree(ctx._scratch, ignore_errors=True)
+        _barrier()
 
     def status_rows(self) -> list[tuple[str, str, str, str]]:
         manifest = self.run.manifest()
