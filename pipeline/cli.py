@@ -10,14 +10,40 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from pipeline import runner as runner_mod
 from pipeline.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, distill, quantize and benchmark a small image classifier.")
 console = Console()
 err_console = Console(stderr=True)
+
+
+class _Group(TyperGroup):
+    """Turns a UserError into one line on stderr and exit code 2, anything unexpected into one line and exit
+    code 1 (tracebacks only with --debug), and Ctrl-C into a note that the run can be resumed."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            _fail(f"[red]error:[/red] {exc}", 2)
+        except KeyboardInterrupt:
+            _fail("interrupted: finished stages and the last epoch checkpoint are kept; rerun the same command "
+                  "to resume", 130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            _fail(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+
+
+def _fail(message: str, code: int):
+    if STATE.debug:
+        traceback.print_exc()
+    err_console.print(message, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, distill, quantize and benchmark a small image classifier.")
 
 
 class State:
@@ -61,14 +87,9 @@ def _run(to: Optional[str], start: Optional[str], force: Optional[str]) -> None:
 
         init_distributed()
     main = runner_mod.is_main_process()  # under torchrun, ranks > 0 train alongside but write nothing
-    try:
-        with run.locked() if main else contextlib.nullcontext():
-            runner = runner_mod.Runner(cfg, run, console if main else Console(quiet=True), STATE.debug)
-            runner.run_all(runner.select(to=to, start=start), force=force)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished stages and the last epoch checkpoint are kept; rerun the same "
-                          "command to resume", highlight=False)
-        raise typer.Exit(130) from None
+    with run.locked() if main else contextlib.nullcontext():
+        runner = runner_mod.Runner(cfg, run, console if main else Console(quiet=True), STATE.debug)
+        runner.run_all(runner.select(to=to, start=start), force=force)
 
 
 ForceOpt = Annotated[Optional[str], typer.Option("--force", help="Rerun this stage and every stage after it.")]
@@ -111,6 +132,16 @@ def show_config(keys: Annotated[bool, typer.Option("--keys", help="List every va
         console.print(config_mod.dump(config_mod.load(STATE.config or "default", STATE.overrides)), highlight=False)
 
 
+@app.command()
+def compare():
+    """Train every method of the 'compare' section x its seeds on one budget; write compare.json/.md and PNGs."""
+    from pipeline import compare as compare_mod
+
+    cfg, run = _setup()
+    with run.locked():
+        compare_mod.run(cfg, run, console)
+
+
 def _stage_command(name: str):
     def command(force: ForceOpt = None):
         _run(name, None, force)
@@ -123,21 +154,7 @@ for _name in runner_mod.available():
 
 
 def main() -> None:
-    """Entry point: user errors become one line and exit code 2; anything else one line unless --debug."""
-    debug = "--debug" in sys.argv
-    try:
-        app()
-    except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except Exception as exc:  # anything unexpected: one line unless --debug
-        if debug:
-            traceback.print_exc()
-        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the "
-                          "traceback)", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    app()
 
 
 if __name__ == "__main__":

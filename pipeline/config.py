@@ -54,11 +54,114 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    parity_images: int = 1000
+    max_abs_diff: float = 1e-3
+    min_top1_agreement: float = 1.0
+
+
+@dataclass(frozen=True)
+class SimplifyConfig:
+    tool: str = "auto"
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    calibration_images: int = 512
+    method: str = "MinMax"
+    per_channel: bool = True
+    targets: tuple[str, ...] = ("x86", "arm", "dynamic")
+    tflite: tuple[str, ...] = ("fp32", "fp16", "int8")
+    max_drop: float = 1.0
+    eval_batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    stages: tuple[int, ...] = (1,)
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.05
+    train_subset: int = 20000
+    ce_weight: float = 1.0
+    kl_weight: float = 1.0
+    feat_weight: float = 1.0
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: str = "ama"
+    temperature: float = 4.0
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    hint_weight: float = 1.0
+    at_weight: float = 1000.0
+    hint_loss: str = "mse"
+    joint: bool = False
+    baseline: bool = True
+    augment: str = "none"
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    methods: tuple[str, ...] = ("student", "kd", "fitnets", "at", "ama")
+    seeds: int = 3
+    target_top1: float = 0.88
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    threads: int = 0
+    warmup_runs: int = 20
+    min_runs: int = 200
+    min_seconds: float = 2.0
+    throughput_batch: int = 64
+    throughput_seconds: float = 1.0
+    eval_images: int = 0
+    eval_batch: int = 256
+    max_drop: float = 0.5
+    timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    formats: tuple[str, ...] = ("tflite_fp32", "tflite_fp16", "tflite_int8")
+    images: int = 1000
+    runtime: str = "tflite-runtime==2.14.0"
+
+
+@dataclass(frozen=True)
+class AndroidConfig:
+    adb: str = "adb"
+    serial: str = ""
+    binary: str = "/data/local/tmp/benchmark_model"
+    remote_dir: str = "/data/local/tmp"
+    threads: int = 4
+    delegate: str = "xnnpack"
+    num_runs: int = 200
+    warmup_runs: int = 20
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TrainConfig = field(default_factory=TrainConfig)
+    student: TrainConfig = field(default_factory=lambda: TrainConfig(arch="resnet8", epochs=4))
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    simplify: SimplifyConfig = field(default_factory=SimplifyConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+    android: AndroidConfig = field(default_factory=AndroidConfig)
 
     def section(self, name: str):
         return getattr(self, name)
@@ -86,7 +189,9 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(key: str) -> UserError:
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    keys = all_keys()
+    candidates = keys + sorted({k.split(".")[0] for k in keys if "." in k})  # sections too
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; run 'compress config' to list valid keys"
     return UserError(f"unknown config key '{key}'{hint}")
 

@@ -1,0 +1,129 @@
+"""The adaptive module, the distillation methods and the teacher-output cache, on tiny synthetic tensors."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline import adaptive, data, distillers, models
+from pipeline.config import DistillConfig
+from pipeline.distillers.base import TargetCache
+from pipeline.errors import UserError
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def nets():
+    """Every registered model at a small width, with its stage maps for one batch."""
+    torch.manual_seed(0)
+    out = {}
+    for name in models.REGISTRY:
+        net = models.create(name, 1, 5, width=0.25).eval()
+        with torch.no_grad():
+            _, maps = net.forward_maps(torch.randn(2, 1, SIZE, SIZE))
+        out[name] = (net, [m.shape for m in maps])
+    return out
+
+
+def test_module_shapes_for_every_registered_pair(nets):
+    x = torch.randn(2, 1, SIZE, SIZE)
+    for (t_name, (teacher, t_shapes)), (s_name, (_, s_shapes)) in itertools.product(nets.items(), nets.items()):
+        student = nets[s_name][0]
+        adapted = adaptive.build(teacher, student, [0, 1, 2], 1, SIZE).eval()
+        with torch.no_grad():
+            logits, hints = adapted.forward_hints(x, projections := {})
+        assert logits.shape == (2, 5), (t_name, s_name)
+        for i in range(3):
+            assert hints[i].shape == s_shapes[i], (t_name, s_name, i)
+            assert projections[i].shape == t_shapes[i], (t_name, s_name, i)
+
+
+class _Plain(nn.Module):
+    def __init__(self, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, stride, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _net(strides):
+    return models.StagedNet(nn.Conv2d(1, 4, 3, 1, 1), [_Plain(s) for s in strides], [4] * len(strides), 5)
+
+
+def test_pairs_that_cannot_be_aligned_are_clear_errors():
+    teacher = models.create("resnet8", 1, 5, width=0.25)
+    with pytest.raises(UserError, match="cannot be aligned"):
+        adaptive.build(teacher, _net([2, 2, 2]), [1], 1, SIZE)  # student map 4x4 vs teacher's 8x8
+    with pytest.raises(UserError, match="same number of resolution stages"):
+        adaptive.build(teacher, _net([1, 2]), [1], 1, SIZE)
+    with pytest.raises(UserError, match="out of range"):
+        adaptive.build(teacher, models.create("resnet8", 1, 5, width=0.25), [3], 1, SIZE)
+    with pytest.raises(UserError, match="empty"):
+        adaptive.build(teacher, models.create("resnet8", 1, 5, width=0.25), [], 1, SIZE)
+
+
+def test_unknown_method_names_the_closest():
+    with pytest.raises(UserError, match="did you mean 'fitnets'"):
+        distillers.check("fitnet")
+
+
+def _dataset(n=64):
+    x, y = data.synthetic_images(n, 3, SIZE, 1, seed=1)
+    return data.Dataset("synthetic", x, y, x[:16], y[:16], ["a", "b", "c"])
+
+
+def test_cache_finds_rows_by_content_and_misses_unknown_images():
+    ds = _dataset()
+    cache = TargetCache(ds.train_x, ds.mean, ds.std, {"v": torch.arange(64.0)[:, None]})
+    idx = torch.tensor([5, 0, 63, 17])
+    hit = cache.lookup(ds.normalize(ds.train_x[idx]))
+    assert hit["v"].flatten().tolist() == idx.float().tolist()
+    other = ds.train_x[idx].clone()
+    other[0, 0, 0, 0] ^= 1  # one pixel off: must not be taken for the cached image
+    assert cache.lookup(ds.normalize(other)) is None
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+@pytest.mark.parametrize("method", list(distillers.METHODS))
+def test_every_method_trains_the_student_only_and_cached_equals_live(method):
+    ds = _dataset()
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", 1, 3, width=0.5).eval()
+    student = models.create("resnet8", 1, 3, width=0.25)
+    source = adaptive.build(teacher, student, [1], 1, SIZE) if method == "ama" else teacher
+    task = distillers.create(method, student, source, DistillConfig(), [1])
+    task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
+    task.teacher_precision = "fp32"
+    task.train()
+    assert task.teacher is None or not task.teacher.training
+    x, y = ds.normalize(ds.train_x[:8]), ds.train_y[:8]
+    torch.manual_seed(1)
+    loss, logits = task(x, y)
+    assert logits.shape == (8, 3) and loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in (task.teacher.parameters() if task.teacher is not None else []))
+    assert any(p.grad is not None for p in student.parameters())
+    if task.teacher is not None:  # the cached targets (bf16 maps) give nearly the live loss
+        assert task.cache is not None and task.cache.hits == 1
+        cached = task.cache
+        task.cache = None
+        live, _ = task(x, y)
+        task.cache = cached
+        assert live.item() == pytest.approx(loss.item(), rel=0.05)
+
+
+def test_joint_ama_trains_module_and_does_not_cache():
+    ds = _dataset()
+    teacher = models.create("resnet8", 1, 3, width=0.5).eval()
+    student = models.create("resnet8", 1, 3, width=0.25)
+    adapted = adaptive.build(teacher, student, [1], 1, SIZE)
+    task = distillers.create("ama", student, adapted, DistillConfig(joint=True), [1])
+    task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
+    assert task.cache is None
+    task.train()
+    loss, _ = task(ds.normalize(ds.train_x[:8]), ds.train_y[:8])
+    loss.backward()
+    assert all(p.grad is not None for p in task.teacher.adapters.parameters())
+    assert all(p.grad is None for p in task.teacher.teacher.parameters())

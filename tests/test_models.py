@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from pipeline import models
+from pipeline.errors import UserError
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_every_model_output_and_activation_maps(name):
+    # odd sizes check the stride-2 rounding; small inputs and widths keep the deep nets fast
+    channels, classes, size = (3, 7, 9) if len(name) % 2 else (1, 10, 12)
+    model = models.create(name, channels, classes, 0.25 if name.startswith("wrn") else 1.0).eval()
+    x = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        logits, maps = model.forward_maps(x)
+        assert torch.allclose(model(x), logits)
+    assert logits.shape == (2, classes)
+    assert len(maps) == len(model.stages) == 3
+    sizes = [size, (size + 1) // 2, (size + 3) // 4]
+    for fmap, c, s in zip(maps, model.stage_channels, sizes):
+        assert fmap.shape == (2, c, s, s)
+
+
+def test_run_stages_composes_to_forward():
+    model = models.create("resnet8", 1, 10).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        h = model.run_stages(model.stem(x), 0, 1)
+        assert torch.allclose(model.head(model.run_stages(h, 1, 3)), model(x), atol=1e-6)
+
+
+def test_width_scales_channels():
+    assert models.create("resnet20", 1, 10, 0.5).stage_channels == [8, 16, 32]
+    assert models.create("wrn16_2", 1, 10).stage_channels == [32, 64, 128]
+
+
+def test_unknown_model_lists_closest():
+    with pytest.raises(UserError, match="did you mean 'resnet20'.*Valid models: resnet8"):
+        models.create("resnet_20", 1, 10)
+
+
+def test_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
+    meta = {"channels": 1, "classes": ["a", "b"], "size": 16, "mean": [0.5], "std": [0.25]}
+    model = models.create("resnet8", 1, 2)
+    path = models.save_checkpoint(tmp_path / "m.pt", model, "resnet8", 1.0, meta)
+    loaded, ckpt = models.load_model(path, expect_arch="resnet8")
+    assert ckpt["meta"] == meta
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(UserError, match="holds a resnet8 but the config asks for resnet20"):
+        models.load_model(path, expect_arch="resnet20")
+    truncated = tmp_path / "t.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        models.load_model(truncated)
+    with pytest.raises(UserError, match="does not exist"):
+        models.load_model(tmp_path / "missing.pt")
+    other = torch.load(path, weights_only=True)
+    other["arch"] = "mobilenetv2"  # weights of one net under the name of another
+    torch.save(other, tmp_path / "o.pt")
+    with pytest.raises(UserError, match="does not fit a mobilenetv2"):
+        models.load_model(tmp_path / "o.pt")

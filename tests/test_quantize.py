@@ -1,0 +1,152 @@
+"""quantize (ONNX Runtime side): int8 artifacts really int8, metadata, the accuracy gate and its
+fallback, bad calibration input, unsupported ops and a missing converter package."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from pipeline import onnx_tools, tf_translate
+from pipeline.errors import UserError
+from pipeline.runner import Context
+from student_fixture import make_run, run_stage, smoke_config, train_student
+
+NO_TFLITE = ("quantize.tflite=[]",)
+
+
+def prepared(root, cfg, model=None):
+    """A run with export and simplify done."""
+    torch.set_num_threads(1)
+    run = make_run(root, cfg, steps=30, model=model)
+    run_stage(run, cfg, "export")
+    run_stage(run, cfg, "simplify")
+    return run
+
+
+def quantize(run, cfg) -> Context:
+    """Run the quantize stage and return its context even when it ends with a UserError."""
+    from rich.console import Console
+
+    from stages import quantize as stage
+
+    ctx = Context(cfg, run, "quantize", "test", Console(quiet=True))
+    try:
+        stage.run(ctx)
+        ctx.error = None
+    except UserError as exc:
+        ctx.error = exc
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    cfg = smoke_config(*NO_TFLITE)
+    run = prepared(tmp_path_factory.mktemp("good"), cfg)
+    return cfg, run, quantize(run, cfg)
+
+
+def _zero_point_types(proto) -> set:
+    inits = {t.name: t for t in proto.graph.initializer}
+    return {inits[n.input[2]].data_type for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_ort_int8_artifacts(good):
+    cfg, run, ctx = good
+    assert ctx.error is None
+    arts = ctx.metrics["artifacts"]
+    for name in ("onnx_int8_x86", "onnx_int8_arm", "onnx_int8_dynamic"):
+        assert arts[name]["status"] == "ok", arts[name]
+        assert arts[name]["drop_points"] <= cfg.quantize.max_drop
+        proto = onnx.load(run.root / "quantize" / f"{name}.onnx")
+        assert arts[name]["int8_initializers"] > 0
+        conv_weights = [t for t in proto.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+        assert conv_weights, f"{name} holds no int8 conv weights"
+        meta = onnx_tools.metadata(proto)
+        assert meta["format"] == name and meta["input_size"] == [1, 16, 16] and "mean" in meta
+    x86 = onnx.load(run.root / "quantize" / "onnx_int8_x86.onnx")
+    arm = onnx.load(run.root / "quantize" / "onnx_int8_arm.onnx")
+    assert _zero_point_types(x86) == {TensorProto.UINT8}  # uint8 activations on x86
+    assert _zero_point_types(arm) == {TensorProto.INT8}   # int8 activations (QDQ) for ARM
+
+
+def shifted_logits_model(cfg, shift: float = 2000.0):
+    """A student whose logits all carry a large common offset: softmax and argmax are unchanged in
+    float, but int8 on the output must span [0, shift] and rounds every class to the same value."""
+    model, _ = train_student(cfg, steps=30)
+    with torch.no_grad():
+        model.fc.bias += shift
+    return model
+
+
+def test_gate_falls_back_to_float_classifier(tmp_path):
+    cfg = smoke_config(*NO_TFLITE, "quantize.targets=[x86]")
+    run = prepared(tmp_path, cfg, model=shifted_logits_model(smoke_config()))
+    entry = quantize(run, cfg).metrics["artifacts"]["onnx_int8_x86"]
+    assert entry["status"] == "ok"
+    methods = [a["method"] for a in entry["attempts"]]
+    assert methods == ["MinMax", "Entropy", "MinMax"]
+    assert all(a["drop_points"] > cfg.quantize.max_drop for a in entry["attempts"][:2])
+    assert entry["chosen"]["float_nodes"] and entry["drop_points"] <= cfg.quantize.max_drop
+    assert any("Gemm" in n for n in entry["chosen"]["float_nodes"])
+
+
+def test_gate_marks_failed_and_goes_on(tmp_path):
+    cfg = smoke_config(*NO_TFLITE, "quantize.max_drop=-1.0")  # no artifact can pass
+    run = prepared(tmp_path, cfg)
+    ctx = quantize(run, cfg)
+    assert ctx.error is None  # a gate failure is recorded, not a bad input
+    for name, tries in (("onnx_int8_x86", 3), ("onnx_int8_arm", 3), ("onnx_int8_dynamic", 2)):
+        entry = ctx.metrics["artifacts"][name]
+        assert entry["status"] == "failed" and entry["cause"] == "accuracy_gate" and "max_drop" in entry["reason"]
+        assert len(entry["attempts"]) == tries
+        assert not (run.root / "quantize" / f"{name}.onnx").exists()
+
+
+def test_empty_calibration_set(good):
+    cfg, run, _ = good
+    ctx = quantize(run, smoke_config(*NO_TFLITE, "quantize.calibration_images=0"))
+    assert isinstance(ctx.error, UserError) and "calibration" in str(ctx.error)
+    arts = ctx.metrics["artifacts"]
+    assert arts["onnx_int8_x86"]["status"] == "failed" and "empty" in arts["onnx_int8_x86"]["reason"]
+    assert arts["onnx_int8_dynamic"]["status"] == "ok"  # needs no calibration: still written
+
+
+def test_wrong_shape_calibration_set(good, monkeypatch):
+    from stages import quantize as stage
+
+    cfg, run, _ = good
+    monkeypatch.setattr(stage.artifacts if hasattr(stage, "artifacts") else __import__("pipeline.artifacts").artifacts,
+                        "calibration_images", lambda ds, n, seed: torch.zeros(8, 3, 32, 32).numpy())
+    ctx = quantize(run, smoke_config(*NO_TFLITE, "quantize.targets=[arm]"))
+    assert "shape (8, 3, 32, 32)" in ctx.metrics["artifacts"]["onnx_int8_arm"]["reason"]
+    assert isinstance(ctx.error, UserError)
+
+
+def test_unknown_calibration_method(good):
+    cfg, run, _ = good
+    with pytest.raises(UserError, match="did you mean 'MinMax'"):
+        from stages import quantize as stage
+        stage.run(Context(smoke_config("quantize.method=Minmax"), run, "quantize", "t", None))
+
+
+def test_unsupported_op_is_named():
+    node = helper.make_node("Sigmoid", ["input"], ["logits"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])])
+    with pytest.raises(tf_translate.Unsupported, match="Sigmoid"):
+        tf_translate.check_ops(helper.make_model(graph))
+
+
+def test_missing_tensorflow_fails_only_tflite(good, monkeypatch):
+    import importlib.util
+
+    cfg, run, _ = good
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    ctx = quantize(run, smoke_config("quantize.targets=[dynamic]"))
+    arts = ctx.metrics["artifacts"]
+    assert arts["onnx_int8_dynamic"]["status"] == "ok"
+    for p in ("fp32", "fp16", "int8"):
+        assert arts[f"tflite_{p}"]["status"] == "failed" and "pip install tensorflow-cpu" in arts[f"tflite_{p}"]["reason"]
+    assert isinstance(ctx.error, UserError) and "not written" in str(ctx.error)
