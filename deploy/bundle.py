@@ -1,0 +1,99 @@
+"""``compress bundle``: a tar.gz for a Raspberry Pi or any Linux board.
+
+It holds the chosen models, deploy/runner.py (numpy + one runtime, never torch), a small evaluation set from
+the test split (eval.npz), bundle.json (models, their normalisation, the run id and the benchmark stage's
+measurement settings), requirements.txt and a README. On the board ``python3 runner.py`` writes a
+results.json that ``compress report --add`` merges.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+BUNDLE_SCHEMA = "compress.bundle/1"
+TOP = "compress-bundle"
+
+README = """# compress device bundle (run {run_id})
+
+Models measured the same way the host's benchmark stage measures them: accuracy on eval.npz ({images} test
+images), latency at batch 1 with one thread and with every core (warm-up, then at least {min_runs} runs and
+{min_seconds} s), p50 / p90 / p99, throughput at batch {batch}, peak resident memory.
+
+    python3 -m venv venv && . venv/bin/activate
+    pip install -r requirements.txt      # numpy<2 + {runtime}; ai-edge-litert or onnxruntime work too
+    python runner.py --device my-pi      # writes results.json
+
+Then on the host: `compress report --add results.json` puts this board into report.md and pareto.png.
+
+Models: {models}
+"""
+
+
+def _model_entry(run_root: Path, name: str, meta: dict) -> tuple[dict, Path]:
+    from pipeline import formats
+
+    fmt = formats.get(name)
+    if fmt.runtime == "torch":
+        raise UserError(f"'{name}' is a PyTorch checkpoint; a bundle carries ONNX or TFLite models only")
+    path = Path(run_root) / fmt.stage / fmt.filename()
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run 'compress {fmt.stage}' first or drop '{name}' from "
+                        "bundle.formats")
+    entry = {"artifact": name, "format": name, "runtime": fmt.runtime, "precision": fmt.precision,
+             "bytes": path.stat().st_size, "file": f"models/{path.name}", "meta": meta}
+    return entry, path
+
+
+def requirements(runtimes: set, tflite_pin: str) -> str:
+    lines = ["numpy<2"]  # tflite-runtime 2.14 (what Raspberry Pi OS setups use) only runs with numpy<2
+    if "tflite" in runtimes:
+        lines.append(tflite_pin)
+    if "onnxruntime" in runtimes:
+        lines.append("onnxruntime")
+    return "\n".join(lines) + "\n"
+
+
+def build(run, cfg, names: list[str], images: int, out: Path | None = None) -> Path:
+    """Write the bundle; every named model must exist (a missing one is a UserError, nothing written)."""
+    from pipeline import data, report
+    from pipeline.store import atomic_path
+    from stages.benchmark import settings, write_eval_set
+
+    if not names:
+        raise UserError("no models chosen; pass --format NAME (e.g. tflite_int8) or set bundle.formats")
+    ds = data.load(cfg.data, cfg.seed)
+    meta = {**ds.meta(), "normalization": "(pixel / 255 - mean) / std, per channel"}
+    entries = [_model_entry(run.root, n, meta) for n in dict.fromkeys(names)]
+    info = report.run_info(run.root)
+    spec = {"schema": BUNDLE_SCHEMA, "run": info, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "settings": settings(cfg.benchmark), "data": "eval.npz", "models": [e for e, _ in entries]}
+    out = Path(out) if out else run.root / "bundle" / f"compress-bundle-{info['run_id']}.tar.gz"
+    with tempfile.TemporaryDirectory(prefix="compress-bundle-") as tmpdir:
+        npz = write_eval_set(Path(tmpdir) / "eval.npz", ds, images)
+        n_images = len(ds.test_y) if images <= 0 else min(images, len(ds.test_y))
+        text = README.format(run_id=info["run_id"], images=n_images, batch=cfg.benchmark.throughput_batch,
+                             min_runs=cfg.benchmark.min_runs, min_seconds=cfg.benchmark.min_seconds,
+                             runtime=cfg.bundle.runtime, models=", ".join(e["artifact"] for e, _ in entries))
+        files = {"bundle.json": json.dumps(spec, indent=2) + "\n", "README.md": text,
+                 "requirements.txt": requirements({e["runtime"] for e, _ in entries}, cfg.bundle.runtime)}
+        with atomic_path(out) as tmp:
+            _write_tar(tmp, files, {"runner.py": Path(__file__).with_name("runner.py"), "eval.npz": npz,
+                                    **{e["file"]: p for e, p in entries}})
+    return out
+
+
+def _write_tar(path: Path, texts: dict, files: dict) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in texts.items():
+            raw = text.encode()
+            info = tarfile.TarInfo(f"{TOP}/{name}")
+            info.size, info.mtime, info.mode = len(raw), int(time.time()), 0o644
+            tar.addfile(info, io.BytesIO(raw))
+        for name, src in files.items():
+            tar.add(str(src), arcname=f"{TOP}/{name}")

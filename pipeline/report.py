@@ -1,0 +1,287 @@
+"""What the benchmark stage reports: the artifact list, results.json checks, report.md, pareto.png, and the
+merging of device results (``compress report --add``).
+
+results.json (schema ``compress.results/1``, written by deploy.runner.results_doc on every machine)::
+
+    {"schema", "run": {"run_id", "run_dir"}, "created", "machine": {"device", "cpu", "cores", "arch", "os",
+     "python", "runtimes"}, "settings": {...}, "rows": [{"artifact", "format", "runtime", "precision", "bytes",
+     "status": "ok" | "failed", "reason", "top1", "top5", "images", "latency": {"one_thread": {"p50_ms",
+     "p90_ms", "p99_ms", "mean_ms", "runs", "threads"}, "all_cores": {...}}, "throughput": {"batch",
+     "threads", "images_per_s"}, "peak_rss_mb"}]}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline import formats
+from pipeline.errors import UserError
+from pipeline.store import atomic_path, atomic_write, sha256
+
+DEVICES = "devices"  # benchmark/devices/*.json: results merged from boards and phones
+# The models before export: the teacher and the student trained alone; the distilled student is torch_fp32.
+EXTRA_TORCH = (("teacher_fp32", "teacher", "model.pt"), ("student_alone_fp32", "distill", "baseline.pt"))
+REFERENCE = "torch_fp32"
+
+
+def artifacts(run_root: Path, manifest: dict) -> list[dict]:
+    """Every model of the run, in report order; missing or failed ones carry status/reason."""
+    items = [dict(artifact=a, format="torch_fp32", stage=s, file=f, runtime="torch", precision="fp32")
+             for a, s, f in EXTRA_TORCH]
+    items += [dict(artifact=f.name, format=f.name, stage=f.stage, file=f.filename(), runtime=f.runtime,
+                   precision=f.precision) for f in formats.FORMATS]
+    out = []
+    for item in items:
+        path = Path(run_root) / item["stage"] / item.pop("file")
+        entry = manifest["stages"].get(item["stage"], {}).get("metrics", {}).get("artifacts", {}).get(item["format"])
+        if entry and entry.get("status") != "ok" and item["artifact"] == item["format"]:
+            out.append({**item, "status": "failed", "reason": f"{item['stage']}: {entry.get('reason', 'failed')}"})
+        elif not path.is_file():
+            out.append({**item, "status": "failed", "reason": f"{path.name} not written by stage '{item['stage']}'"})
+        else:
+            out.append({**item, "path": str(path), "bytes": path.stat().st_size})
+    return out
+
+
+def run_info(run_root: Path) -> dict:
+    """run_id: a hash of every model file of the run, so results of other models are refused on merge."""
+    files = {a["artifact"]: sha256(Path(a["path"])) for a in artifacts(run_root, {"stages": {}}) if "path" in a}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return {"run_id": digest, "run_dir": str(run_root)}
+
+
+# --- reading and checking results files ---------------------------------------------------------------------
+
+def validate(doc, source: str) -> dict:
+    """A results document or a UserError naming what is wrong."""
+    from deploy.runner import SCHEMA
+
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise UserError(f"{source} is not a compress results file (schema {found!r}, expected {SCHEMA!r}); "
+                        "give the results.json written by the benchmark stage, the bundle runner or bench-android")
+    for key, kind in (("run", dict), ("machine", dict), ("rows", list)):
+        if not isinstance(doc.get(key), kind):
+            raise UserError(f"{source}: '{key}' is missing or not a {kind.__name__}; the file is damaged")
+    if not doc["run"].get("run_id") or not doc["machine"].get("device"):
+        raise UserError(f"{source}: run.run_id or machine.device is missing; the file is damaged")
+    for i, row in enumerate(doc["rows"]):
+        if not isinstance(row, dict) or "artifact" not in row or row.get("status") not in ("ok", "failed"):
+            raise UserError(f"{source}: row {i} needs 'artifact' and a status of ok or failed")
+        if row["status"] == "ok" and not isinstance(row.get("latency", {}).get("one_thread", {}).get("p50_ms"),
+                                                    (int, float)):
+            raise UserError(f"{source}: row {i} ({row['artifact']}) is ok but has no latency.one_thread.p50_ms")
+    return doc
+
+
+def load_results(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give the results.json a device run wrote")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not JSON ({exc.__class__.__name__}); give the results.json a device run "
+                        "wrote") from exc
+    return validate(doc, str(path))
+
+
+def device_docs(bench_dir: Path) -> list[dict]:
+    return [load_results(p) for p in sorted((Path(bench_dir) / DEVICES).glob("*.json"))]
+
+
+# --- the table ------------------------------------------------------------------------------------------------
+
+def table(doc: dict, extras: list[dict] = ()) -> list[dict]:
+    """Flat rows of every document, with drop vs fp32 and speedup vs PyTorch eager on the same device."""
+    rows = [{**r, "device": d["machine"]["device"]} for d in (doc, *extras) for r in d["rows"]]
+    ok = [r for r in rows if r["status"] == "ok"]
+    for row in ok:
+        same = {r["artifact"]: r for r in ok if r["device"] == row["device"]}
+        ref = next((same[a] for a in (REFERENCE, "tflite_fp32", "onnx_fp32") if a in same and
+                    same[a].get("top1") is not None), None)
+        ref = ref or next((r for r in ok if r["artifact"] == REFERENCE), None)
+        if ref is not None and row.get("top1") is not None:
+            row["drop_pts"] = round(100 * (ref["top1"] - row["top1"]), 2)
+        if REFERENCE in same:
+            row["speedup"] = round(same[REFERENCE]["latency"]["one_thread"]["p50_ms"] / _p50(row), 2)
+    return rows
+
+
+def _p50(row: dict) -> float:
+    return row["latency"]["one_thread"]["p50_ms"]
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats on both latency (lower) and accuracy (higher), fastest first."""
+    pts = [r for r in rows if r["status"] == "ok" and r.get("top1") is not None]
+    front = [r for r in pts if not any(_p50(o) <= _p50(r) and o["top1"] >= r["top1"] and
+                                       (_p50(o) < _p50(r) or o["top1"] > r["top1"]) for o in pts)]
+    return sorted(front, key=_p50)
+
+
+def recommended(rows: list[dict], max_drop: float) -> dict:
+    """Per device: the fastest exported artifact (not a torch checkpoint) within ``max_drop`` points."""
+    best: dict = {}
+    for row in rows:
+        if row["status"] != "ok" or row.get("runtime") == "torch" or row.get("drop_pts", 1e9) > max_drop:
+            continue
+        cur = best.get(row["device"])
+        if cur is None or _p50(row) < _p50(cur):
+            best[row["device"]] = row
+    return {device: row["artifact"] for device, row in best.items()}
+
+
+def _fmt(value, spec: str = ".3f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+COLUMNS = ("artifact", "device", "top-1 %", "drop (pts)", "p50 ms", "p90 ms", "speedup vs eager", "p50 all cores",
+           "img/s", "size KiB", "peak RSS MB")
+
+
+def cells(row: dict, best: dict) -> list[str]:
+    name = row["artifact"] + (" *" if best.get(row["device"]) == row["artifact"] else "")
+    if row["status"] != "ok":
+        return [name, row["device"], "failed: " + str(row.get("reason", ""))[:90]] + ["-"] * (len(COLUMNS) - 3)
+    lat, allc = row["latency"]["one_thread"], row["latency"].get("all_cores", {})
+    return [name, row["device"], _fmt(100 * row["top1"] if row.get("top1") is not None else None, ".2f"),
+            _fmt(row.get("drop_pts"), "+.2f"), _fmt(lat["p50_ms"]), _fmt(lat.get("p90_ms")),
+            _fmt(row.get("speedup"), ".1f", "x"), _fmt(allc.get("p50_ms")),
+            _fmt(row.get("throughput", {}).get("images_per_s"), ".0f"),
+            _fmt(row["bytes"] / 1024 if row.get("bytes") else None, ".1f"), _fmt(row.get("peak_rss_mb"), ".0f")]
+
+
+def story(rows: list[dict], device: str) -> list[str]:
+    """The three sentences the page is for: what distillation gained, what quantization cost and bought."""
+    got = {r["artifact"]: r for r in rows if r["device"] == device and r["status"] == "ok" and r.get("top1")}
+    lines = []
+    if {"teacher_fp32", "student_alone_fp32", REFERENCE} <= set(got):
+        t, s, d = (100 * got[a]["top1"] for a in ("teacher_fp32", "student_alone_fp32", REFERENCE))
+        lines.append(f"- Distillation: teacher {t:.2f}%, student alone {s:.2f}%, distilled student {d:.2f}% "
+                     f"({d - s:+.2f} points from distillation, {d - t:+.2f} vs the teacher).")
+    quant = [r for r in got.values() if r.get("precision", "").startswith("int8") and "drop_pts" in r]
+    if quant and REFERENCE in got:
+        fast = min(quant, key=_p50)
+        lines.append(f"- Quantization: the fastest INT8 model ({fast['artifact']}) costs {fast['drop_pts']:+.2f} "
+                     f"points and runs {got[REFERENCE]['latency']['one_thread']['p50_ms'] / _p50(fast):.1f}x "
+                     "faster than PyTorch eager (batch 1, one thread).")
+    return lines
+
+
+def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
+    rows = table(doc, extras)
+    best = recommended(rows, max_drop)
+    m = doc["machine"]
+    out = [f"# Benchmark report - run {doc['run']['run_id']}", "",
+           f"Host: {m['device']}, {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}; runtimes "
+           + ", ".join(f"{k} {v}" for k, v in m.get("runtimes", {}).items()) + ".",
+           f"Latency: batch 1, warm-up then at least {doc['settings'].get('min_runs')} runs and "
+           f"{doc['settings'].get('min_seconds')} s; drop is top-1 points against the fp32 distilled student; "
+           f"* marks the recommended artifact per device (fastest within {max_drop} points).", ""]
+    for d in extras:
+        dm = d["machine"]
+        out.append(f"Device {dm['device']}: {dm.get('cpu', '?')}, {dm.get('cores', '?')} cores, {dm.get('os', '?')}.")
+    out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(cells(r, best)) + " |" for r in rows]
+    out += ["", "## What it says", ""] + story(rows, m["device"])
+    out += [f"- Recommended on {dev}: **{art}**." for dev, art in best.items()] or ["- No artifact is within "
+                                                                                   f"{max_drop} points."]
+    return "\n".join(out) + "\n"
+
+
+# --- the plot, the files, the merge --------------------------------------------------------------------------
+
+def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
+    """Latency (log) against top-1: one point per artifact and device, the front drawn, the pick starred."""
+    from pipeline.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    pts = [r for r in rows if r["status"] == "ok" and r.get("top1") is not None]
+    markers = dict(zip(sorted({r["device"] for r in pts}), "osD^vP<>"))
+    for r in pts:
+        ax.scatter(_p50(r), 100 * r["top1"], marker=markers[r["device"]], s=45,
+                   color="tab:red" if r["runtime"] == "torch" else "tab:blue")
+        ax.annotate(r["artifact"], (_p50(r), 100 * r["top1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    for device, marker in markers.items():
+        front = pareto_front([r for r in pts if r["device"] == device])
+        ax.plot([_p50(r) for r in front], [100 * r["top1"] for r in front], "--", alpha=0.6,
+                label=f"Pareto front, {device}")
+        pick = next((r for r in pts if r["device"] == device and best.get(device) == r["artifact"]), None)
+        if pick:
+            ax.scatter(_p50(pick), 100 * pick["top1"], marker="*", s=300, color="gold", edgecolor="black",
+                       zorder=5, label=f"recommended on {device}: {pick['artifact']}")
+    if pts:
+        ax.set_xscale("log")
+    ax.set(xlabel="latency p50, batch 1, one thread (ms, log scale)", ylabel="top-1 accuracy (%)",
+           title="accuracy against latency (red: PyTorch eager)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_all(bench_dir: Path, doc: dict, max_drop: float) -> list[Path]:
+    """results.json, then report.md and pareto.png with every device result already merged."""
+    bench_dir = Path(bench_dir)
+    results = atomic_write(bench_dir / "results.json", json.dumps(doc, indent=2) + "\n")
+    return [results, *render(bench_dir, doc, max_drop)]
+
+
+def render(bench_dir: Path, doc: dict, max_drop: float) -> list[Path]:
+    extras = [d for d in device_docs(bench_dir) if d["run"]["run_id"] == doc["run"]["run_id"]]
+    rows = table(doc, extras)
+    md = atomic_write(bench_dir / "report.md", markdown(doc, extras, max_drop))
+    return [md, pareto_png(rows, recommended(rows, max_drop), bench_dir / "pareto.png")]
+
+
+def add(run, files: list[Path], max_drop: float) -> list[Path]:
+    """Merge device results into report.md and pareto.png; refuse files of another run or schema."""
+    from pipeline.store import file_record
+
+    bench = run.root / "benchmark"
+    if not (bench / "results.json").is_file():
+        raise UserError(f"{bench / 'results.json'} is missing; run 'compress benchmark' first")
+    doc = load_results(bench / "results.json")
+    docs = [load_results(f) for f in files]  # check them all before writing anything
+    for f, d in zip(files, docs):
+        if d["run"]["run_id"] != doc["run"]["run_id"]:
+            raise UserError(f"{f} was measured on the models of run {d['run']['run_id']}, not this run's "
+                            f"{doc['run']['run_id']}; rebuild the bundle from this run and measure again")
+    for d in docs:
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in d["machine"]["device"])
+        target = bench / DEVICES / f"{name}.json"
+        if target.is_file():  # the same device measured again: its new rows replace the old ones
+            old = load_results(target)
+            if old["run"]["run_id"] == d["run"]["run_id"]:
+                fresh = {r["artifact"] for r in d["rows"]}
+                d = {**d, "rows": [r for r in old["rows"] if r["artifact"] not in fresh] + d["rows"]}
+        atomic_write(target, json.dumps(d, indent=2) + "\n")
+    outputs = render(bench, doc, max_drop)
+    entry = run.manifest()["stages"].get("benchmark")
+    if entry:  # the report files changed on purpose: record them so the stage stays done
+        keep = [o for o in entry["outputs"] if Path(o["path"]).name not in ("report.md", "pareto.png")]
+        entry["outputs"] = keep + [file_record(p, run.root) for p in outputs]
+        run.record("benchmark", entry)
+    return outputs
+
+
+def rich_table(bench_dir: Path, max_drop: float):
+    """The report table for the terminal (``compress all`` ends with it)."""
+    from rich.table import Table
+
+    doc = load_results(Path(bench_dir) / "results.json")
+    extras = [d for d in device_docs(bench_dir) if d["run"]["run_id"] == doc["run"]["run_id"]]
+    rows = table(doc, extras)
+    best = recommended(rows, max_drop)
+    out = Table(title=f"benchmark (run {doc['run']['run_id']}); * = recommended")
+    for col in COLUMNS:
+        out.add_column(col, justify="left" if col in ("artifact", "device") else "right")
+    for row in rows:
+        out.add_row(*cells(row, best), style="dim" if row["status"] != "ok" else None)
+    return out

@@ -1,0 +1,118 @@
+"""benchmark: accuracy, latency, throughput, size and memory of every artifact of the run on this machine,
+then results.json, report.md and pareto.png.
+
+Every model is measured by deploy/runner.py in a child process of its own (the same code the device bundle
+ships); this module only adds the PyTorch eager adapter and lists what to measure.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+NAME = "benchmark"
+SECTIONS = ("seed", "data", "benchmark")
+UPSTREAM = ("teacher", "distill", "export", "simplify", "quantize")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class TorchModel:
+    """PyTorch eager fp32, with the same interface as deploy.runner's ONNX and TFLite adapters."""
+
+    runtime = "torch"
+    layout = "NCHW"
+
+    def __init__(self, path: str, threads: int, image_shape):
+        import torch
+
+        from pipeline.models import load_model
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model, ckpt = load_model(Path(path))
+        self.model.eval()
+        self.meta = {"mean": list(ckpt["meta"]["mean"]), "std": list(ckpt["meta"]["std"])}
+
+    def resize(self, batch: int) -> bool:
+        return True
+
+    def prepare(self, x: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def __call__(self, x):
+        with self.torch.inference_mode():
+            return self.model(x)
+
+    def logits(self, out) -> np.ndarray:
+        return out.numpy()
+
+
+def settings(bcfg) -> dict:
+    """The measurement settings deploy.runner reads (also written into bundles)."""
+    keys = ("threads", "warmup_runs", "min_runs", "min_seconds", "throughput_batch", "throughput_seconds",
+            "eval_batch")
+    return {k: getattr(bcfg, k) for k in keys}
+
+
+def write_eval_set(path: Path, ds, limit: int) -> Path:
+    """Test images (uint8 NCHW), labels and the normalisation the models were trained with, as one npz."""
+    from pipeline.store import atomic_path
+
+    n = len(ds.test_y) if limit <= 0 else min(limit, len(ds.test_y))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, images=ds.test_x[:n].numpy(), labels=ds.test_y[:n].numpy(),
+                                mean=np.asarray(ds.mean, np.float32), std=np.asarray(ds.std, np.float32))
+    return path
+
+
+def jobs(ctx, data_path: Path, ds) -> list[dict]:
+    """One measurement job per artifact that exists; failed rows for those that do not."""
+    from pipeline import report
+
+    out = []
+    for item in report.artifacts(ctx.run.root, ctx.run.manifest()):
+        if item.get("status") == "failed":
+            out.append(item)
+            continue
+        adapter = "stages.benchmark:TorchModel" if item["runtime"] == "torch" else item["runtime"]
+        out.append({**item, "adapter": adapter, "data": str(data_path), "pythonpath": str(REPO),
+                    "settings": settings(ctx.cfg.benchmark), "meta": {"mean": list(ds.mean), "std": list(ds.std)}})
+    return out
+
+
+def run(ctx) -> list[Path]:
+    import tempfile
+
+    from rich.progress import Progress
+
+    from deploy import runner
+    from pipeline import data, report
+
+    cfg = ctx.cfg
+    ds = data.load(cfg.data, cfg.seed)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="compress-eval-") as tmp:
+        todo = jobs(ctx, write_eval_set(Path(tmp) / "eval.npz", ds, cfg.benchmark.eval_images), ds)
+        with Progress(console=ctx.console, transient=True) as progress:
+            task = progress.add_task("benchmark", total=len(todo))
+            for job in todo:
+                progress.update(task, description=f"benchmark {job['artifact']}")
+                row = job if job.get("status") == "failed" else runner.measure_isolated(job, cfg.benchmark.timeout_s)
+                rows.append({k: v for k, v in row.items() if k not in ("adapter", "data", "pythonpath", "settings",
+                                                                        "meta", "path")})
+                ctx.console.print(runner._line(rows[-1]), highlight=False)
+                progress.advance(task)
+    doc = runner.results_doc(report.run_info(ctx.run.root), runner.machine_info(), settings(cfg.benchmark), rows)
+    outputs = report.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
+    best = report.recommended(report.table(doc, report.device_docs(ctx.dir)), cfg.benchmark.max_drop)
+    ctx.metrics.update(run_id=doc["run"]["run_id"], recommended=best.get(doc["machine"]["device"]),
+                       rows={r["artifact"]: _summary(r) for r in rows})
+    return outputs
+
+
+def _summary(row: dict) -> dict:
+    if row["status"] != "ok":
+        return {"status": row["status"], "reason": row.get("reason", "")}
+    return {"status": "ok", "top1": row["top1"], "p50_ms": row["latency"]["one_thread"]["p50_ms"],
+            "bytes": row.get("bytes")}

@@ -1,0 +1,128 @@
+"""bench-android against a stand-in adb that replays real benchmark_model output."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy import android
+from deploy.runner import machine_info, results_doc
+from pipeline import config as config_mod
+from pipeline import report
+from pipeline.errors import UserError
+from pipeline.store import RunDir
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+FAKE_ADB = """#!{python}
+import os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_ADB_CALLS"], "a") as fh:
+    fh.write(" ".join(args) + "\\n")
+if args[0] == "-s":
+    if args[1] not in os.environ.get("FAKE_ADB_DEVICES", "").split():
+        sys.exit("error: device '" + args[1] + "' not found")
+    args = args[2:]
+if args[0] == "devices":
+    print("List of devices attached")
+    for serial in os.environ.get("FAKE_ADB_DEVICES", "").split():
+        print(serial + "\\tdevice")
+elif args[0] == "push":
+    print(args[1] + ": 1 file pushed")
+elif args[:2] == ["shell", "getprop"]:
+    print({{"ro.product.model": "Pixel 7", "ro.soc.model": "Tensor G2", "ro.product.cpu.abi": "arm64-v8a",
+           "ro.build.version.release": "14"}}.get(args[2], ""))
+elif args[:2] == ["shell", "cat"]:
+    print("0-7")
+elif args[0] == "shell":
+    sys.stdout.write(open(os.environ["FAKE_ADB_LOG"]).read())
+"""
+
+
+def test_parse_newer_output_percentiles_and_memory():
+    got = android.parse((FIXTURES / "benchmark_model_xnnpack.txt").read_text())
+    lat = got["latency"]
+    assert lat["runs"] == 1000  # the timed block, not the warm-up block (count=9)
+    assert lat["p50_ms"] == pytest.approx(51.891) and lat["mean_ms"] == pytest.approx(63.7432)
+    assert lat["p5_ms"] == pytest.approx(49.62) and lat["p95_ms"] == pytest.approx(68.628)
+    assert lat["p90_ms"] is None and "p50_is_mean" not in lat
+    assert got["init_ms"] == pytest.approx(119.515) and got["memory_delta_mb"] == pytest.approx(55.4961)
+
+
+def test_parse_older_output_has_mean_only():
+    got = android.parse((FIXTURES / "benchmark_model_old.txt").read_text())
+    assert got["latency"]["p50_ms"] == pytest.approx(249.684) and got["latency"]["p50_is_mean"]
+    assert got["peak_rss_mb"] == pytest.approx(138.809)
+
+
+def test_parse_failure_quotes_the_error():
+    with pytest.raises(UserError, match="Failed to allocate tensors"):
+        android.parse((FIXTURES / "benchmark_model_failed.txt").read_text())
+
+
+@pytest.fixture
+def phone(tmp_path, monkeypatch):
+    """A run with a tflite file and host results, and a stand-in adb first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    adb = bin_dir / "adb"
+    adb.write_text(FAKE_ADB.format(python=sys.executable))
+    adb.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_CALLS", str(calls))
+    monkeypatch.setenv("FAKE_ADB_DEVICES", "emulator-5554")
+    monkeypatch.setenv("FAKE_ADB_LOG", str(FIXTURES / "benchmark_model_xnnpack.txt"))
+    run = RunDir(tmp_path / "run")
+    run.create()
+    (run.stage_dir("quantize") / "tflite_int8.tflite").write_bytes(b"tflite bytes")
+    host_row = {"artifact": "tflite_int8", "status": "ok", "top1": 0.9, "images": 100, "runtime": "tflite",
+                "precision": "int8", "latency": {"one_thread": {"p50_ms": 0.2}}}
+    doc = results_doc(report.run_info(run.root), machine_info("host"), {}, [host_row])
+    report.write_all(run.stage_dir("benchmark"), doc, 0.5)
+    return run, calls
+
+
+def test_bench_android_merges_into_the_report(phone):
+    run, calls = phone
+    cfg = config_mod.load("smoke")
+    android.bench(run, cfg, cfg.android, [])
+    device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
+    report.validate(device, "device")
+    row = device["rows"][0]
+    assert row["status"] == "ok" and row["top1"] == 0.9 and row["accuracy_source"].startswith("host")
+    assert row["latency"]["one_thread"]["p50_ms"] == pytest.approx(51.891)
+    assert device["machine"]["device"] == "Pixel 7 (emulator-5554)" and device["machine"]["cores"] == 8
+    log = calls.read_text()
+    assert "push" in log and "--num_threads=1" in log and "--num_threads=4" in log and "--use_xnnpack=true" in log
+    assert "Pixel 7" in (run.root / "benchmark" / "report.md").read_text()
+
+
+def test_delegate_and_failed_model(phone, monkeypatch):
+    run, calls = phone
+    monkeypatch.setenv("FAKE_ADB_LOG", str(FIXTURES / "benchmark_model_failed.txt"))
+    cfg = config_mod.load("smoke", ["android.delegate=gpu"])
+    android.bench(run, cfg, cfg.android, ["tflite_int8"])
+    device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
+    assert device["rows"][0]["status"] == "failed" and "allocate tensors" in device["rows"][0]["reason"]
+    assert "--use_gpu=true" in calls.read_text()
+
+
+def test_no_device_and_no_adb_are_one_line_errors(phone, monkeypatch, cli, tmp_path):
+    run, _ = phone
+    monkeypatch.setenv("FAKE_ADB_DEVICES", "")
+    result = cli("-c", "smoke", "-r", str(run.root), "bench-android")
+    assert result.exit_code == 2 and "no Android device attached" in result.output
+    result = cli("-c", "smoke", "-r", str(run.root), "--set", "android.adb=no-such-adb", "bench-android")
+    assert result.exit_code == 2 and "adb not found" in result.output
+    assert not (run.root / "benchmark" / "devices").exists()  # nothing half-written
+
+
+def test_only_tflite_models(phone):
+    run, _ = phone
+    cfg = config_mod.load("smoke")
+    with pytest.raises(UserError, match="tflite models only"):
+        android.bench(run, cfg, cfg.android, ["onnx_fp32"])
