@@ -1,0 +1,54 @@
+"""export: PyTorch student -> ONNX (opset >= 17, dynamic batch), checked and parity-tested on real
+test images, carrying its own metadata (normalisation, input size and layout, classes, config hash)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "export"
+SECTIONS = ("seed", "data", "export")
+UPSTREAM = ("distill",)
+
+
+def reference(ctx):
+    """The student, its checkpoint, the data set, and the parity images with PyTorch's logits for them."""
+    from pipeline import artifacts, data, models
+    from pipeline.engine import predict
+    from pipeline.errors import UserError
+
+    model, ckpt = models.load_model(ctx.input("distill", "student.pt"))
+    ds = data.load(ctx.cfg.data, ctx.cfg.seed)
+    meta = ckpt["meta"]
+    if (meta["channels"], meta["size"]) != (ds.channels, ds.size):
+        raise UserError(f"the student takes {meta['channels']}x{meta['size']}px images but data set "
+                        f"'{ds.name}' has {ds.channels}x{ds.size}px; use the config the student was trained with")
+    x = ds.test_x[:ctx.cfg.export.parity_images]
+    ref = predict(model, x, ds).numpy()
+    return model, ckpt, ds, artifacts.normalized(ds, x), ref
+
+
+def run(ctx) -> list[Path]:
+    from pipeline import artifacts, onnx_tools
+    from pipeline.config import section_hash
+    from pipeline.errors import UserError
+
+    ecfg = ctx.cfg.export
+    if ecfg.opset < 17:
+        raise UserError(f"export.opset {ecfg.opset} is too old; use 17 or newer")
+    model, ckpt, ds, x, ref = reference(ctx)
+    meta = onnx_tools.model_metadata(ckpt, section_hash(ctx.cfg))
+    out = artifacts.path_of(ctx, "onnx_fp32")
+    with artifacts.conversion(ctx, "onnx_fp32") as entry:
+        tmp = out.with_name(".export.tmp.onnx")
+        try:
+            onnx_tools.export(model, tmp, ds.channels, ds.size, ecfg.opset)
+            proto = onnx_tools.load(tmp)  # onnx.checker
+            onnx_tools.set_metadata(proto, {**meta, "format": "onnx_fp32"})
+            onnx_tools.save(proto, tmp)
+            onnx_tools.verify(tmp, x, ref, ecfg, entry)
+            tmp.replace(out)  # only a checked model takes the artifact's name
+        finally:
+            tmp.unlink(missing_ok=True)
+        entry.update(opset=ecfg.opset, nodes=onnx_tools.node_count(proto), ops=onnx_tools.op_counts(proto))
+    if ctx.metrics["artifacts"]["onnx_fp32"]["status"] != "ok":
+        raise UserError(ctx.metrics["artifacts"]["onnx_fp32"]["reason"])
+    return [out]

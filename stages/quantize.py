@@ -1,0 +1,173 @@
+"""quantize: ONNX Runtime static INT8 per deployment target (x86, ARM) and dynamic-range INT8, and
+TFLite fp32 / fp16 / full-integer int8, each evaluated on the whole test set behind an accuracy gate.
+
+Gate: an int8 artifact whose top-1 drop against the fp32 student exceeds quantize.max_drop points is
+retried with the next calibration method, then with the first conv and the classifier kept in float;
+if it still fails it is not written and is marked failed in the manifest with the reason. Bad input
+(empty or mis-shaped calibration set, an op the TFLite translator cannot handle, a missing converter
+package) marks only the artifacts it affects; the others are written, then the stage exits with a
+one-line error (exit code 2).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+NAME = "quantize"
+SECTIONS = ("seed", "data", "quantize")
+UPSTREAM = ("simplify",)
+
+
+class Inputs:
+    """What every conversion in this stage shares: source model, metadata, data and the fp32 reference."""
+
+    def __init__(self, ctx, src: Path):
+        from pipeline import artifacts, data, onnx_tools
+
+        self.src, qcfg = src, ctx.cfg.quantize
+        self.proto = onnx_tools.load(src)
+        self.meta = onnx_tools.metadata(self.proto)
+        ds = data.load(ctx.cfg.data, ctx.cfg.seed)
+        self.x = artifacts.normalized(ds, ds.test_x)
+        self.y = ds.test_y.numpy()
+        artifacts.check_images(self.x, self.meta["input_size"], "the test set")
+        self.ref_top1 = top1(onnx_tools.logits(src, self.x, qcfg.eval_batch_size), self.y)
+        try:
+            self.calib = artifacts.calibration_images(ds, qcfg.calibration_images, ctx.cfg.seed)
+        except Exception as exc:  # kept and raised by each calibrated conversion only
+            self.calib = exc
+
+    def calibration(self) -> np.ndarray:
+        from pipeline import artifacts
+
+        if isinstance(self.calib, Exception):
+            raise self.calib
+        artifacts.check_images(self.calib, self.meta["input_size"], "the calibration set")
+        return self.calib
+
+
+def top1(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean())
+
+
+def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: Path) -> None:
+    """Build candidates from ``attempts`` ((label, build(tmp_path)) pairs) until one keeps top-1 within
+    ``max_drop`` points of fp32; it becomes ``final``. Every attempt is recorded in ``entry``."""
+    from pipeline.artifacts import GateFailed
+
+    tried = entry.setdefault("attempts", [])
+    for label, build in attempts:
+        tmp = final.with_name(f".{final.stem}.candidate{final.suffix}")
+        try:
+            build(tmp)
+            acc = top1(evaluate(tmp), inp.y)
+            drop = round((inp.ref_top1 - acc) * 100, 3)
+            tried.append({**label, "test_top1": round(acc, 5), "drop_points": drop})
+            if drop <= max_drop:
+                tmp.replace(final)
+                entry.update(chosen=label, test_top1=round(acc, 5), fp32_top1=round(inp.ref_top1, 5),
+                             drop_points=drop)
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
+    best = min(t["drop_points"] for t in tried)
+    raise GateFailed(f"accuracy drop {best:.2f} points > quantize.max_drop {max_drop} after {len(tried)} attempts "
+                     "(calibration methods, sensitive layers in float); not written")
+
+
+def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
+    """One ONNX Runtime artifact (x86 / arm static, or dynamic) through the gate, with metadata."""
+    from pipeline import artifacts, onnx_tools, ort_quant
+
+    qcfg, name = ctx.cfg.quantize, f"onnx_int8_{target}"
+    final = artifacts.path_of(ctx, name)
+    with artifacts.conversion(ctx, name) as entry:
+        pre = ctx.dir / ".preprocessed.onnx"
+        ort_quant.preprocess(inp.src, pre)
+        try:
+            float_nodes = ort_quant.sensitive_nodes(onnx_tools.load(pre, check=False))
+            if target == "dynamic":
+                attempts = [({"float_nodes": f}, lambda t, f=f: ort_quant.dynamic(pre, t, f)) for f in ([], float_nodes)]
+            else:
+                calib, methods = inp.calibration(), ort_quant.method_order(qcfg.method)
+                plan = [(m, []) for m in methods[:2]] + [(qcfg.method, float_nodes)]
+                attempts = [({"method": m, "float_nodes": f}, lambda t, m=m, f=f: ort_quant.static(
+                    pre, t, calib, target, m, qcfg.per_channel, f)) for m, f in plan]
+            evaluate = lambda p: onnx_tools.logits(p, inp.x, qcfg.eval_batch_size)  # noqa: E731
+            gate(entry, attempts, evaluate, inp, qcfg.max_drop, final)
+        finally:
+            pre.unlink(missing_ok=True)
+        proto = onnx_tools.load(final)
+        onnx_tools.set_metadata(proto, {**inp.meta, "format": name, "quantization": entry["chosen"]})
+        onnx_tools.save(proto, final)
+        entry.update(int8_initializers=ort_quant.int8_weights(proto), nodes=onnx_tools.node_count(proto),
+                     options=artifacts.formats.get(name).options)
+
+
+def tflite_artifacts(ctx, inp: Inputs) -> None:
+    """TFLite fp32 / fp16 / int8 from one converter subprocess, then each evaluated on the test set."""
+    from pipeline import artifacts, tflite_tools
+    from pipeline.errors import UserError
+
+    qcfg = ctx.cfg.quantize
+    try:
+        calib = inp.calibration() if "int8" in qcfg.tflite else None
+        calib_error = None
+    except UserError as exc:
+        calib, calib_error = None, exc
+    wanted = [p for p in qcfg.tflite if not (p == "int8" and calib_error)]
+    try:
+        results = tflite_tools.convert(inp.src, {p: artifacts.path_of(ctx, f"tflite_{p}") for p in wanted},
+                                       inp.meta, calib) if wanted else {}
+    except UserError as exc:  # e.g. tensorflow not installed: every TFLite artifact fails alike
+        results = {p: {"status": "failed", "reason": str(exc)} for p in wanted}
+    if calib_error:
+        results["int8"] = {"status": "failed", "reason": str(calib_error)}
+    for precision in qcfg.tflite:
+        tflite_one(ctx, inp, precision, results[precision])
+
+
+def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
+    from pipeline import artifacts, tflite_tools
+    from pipeline.artifacts import GateFailed
+    from pipeline.errors import UserError
+
+    name = f"tflite_{precision}"
+    final = artifacts.path_of(ctx, name)
+    with artifacts.conversion(ctx, name) as entry:
+        entry.update({k: v for k, v in result.items() if k not in ("status", "reason")})
+        if result["status"] != "ok":
+            raise UserError(result["reason"])
+        acc = top1(tflite_tools.logits(final, inp.x, ctx.cfg.quantize.eval_batch_size), inp.y)
+        drop = round((inp.ref_top1 - acc) * 100, 3)
+        entry.update(test_top1=round(acc, 5), fp32_top1=round(inp.ref_top1, 5), drop_points=drop,
+                     weight_types=tflite_tools.weight_types(final))
+        # TFLiteConverter calibrates with min/max only, so the fallback is to not ship the file
+        limit = ctx.cfg.quantize.max_drop if precision == "int8" else 0.5
+        if drop > limit:
+            final.unlink()
+            raise GateFailed(f"accuracy drop {drop:.2f} points > {limit} (TFLite's converter offers no other "
+                             "calibration); not written")
+
+
+def run(ctx) -> list[Path]:
+    from pipeline import artifacts, ort_quant
+    from pipeline.errors import UserError
+
+    qcfg = ctx.cfg.quantize
+    ort_quant.check_method(qcfg.method)
+    for key, values, valid in (("targets", qcfg.targets, ("x86", "arm", "dynamic")),
+                               ("tflite", qcfg.tflite, ("fp32", "fp16", "int8"))):
+        if set(values) - set(valid):
+            raise UserError(f"quantize.{key} {list(values)} holds unknown entries; valid: {', '.join(valid)}")
+    inp = Inputs(ctx, artifacts.upstream(ctx, "onnx_simplified"))
+    ctx.metrics["fp32_test_top1"] = round(inp.ref_top1, 5)
+    for target in qcfg.targets:
+        onnx_artifact(ctx, inp, target)
+    tflite_artifacts(ctx, inp)
+    bad = [f"{n}: {e['reason']}" for n, e in ctx.metrics["artifacts"].items() if e.get("cause") == "input"]
+    if bad:
+        raise UserError(f"{len(bad)} artifact(s) not written - {bad[0]}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1
+                        else "") + "; the others are in " + str(ctx.dir))
+    return artifacts.written(ctx)

@@ -1,0 +1,98 @@
+"""TFLite side (slow: TensorFlow starts in a subprocess): export matrix over every registered
+architecture and precision, int8 tensor types, metadata read back, and the full quantize stage."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import models, onnx_tools, tflite_tools
+from student_fixture import smoke_config
+
+pytestmark = pytest.mark.slow
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """Every registered architecture at width 0.25 and 8 px, exported to ONNX and converted to each
+    TFLite precision in one converter process."""
+    root = tmp_path_factory.mktemp("matrix")
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    jobs, onnx_logits = [], {}
+    for arch in models.REGISTRY:
+        model = models.create(arch, 3, 5, 0.25).eval()
+        path = root / f"{arch}.onnx"
+        onnx_tools.export(model, path, 3, 8, 17)
+        onnx_logits[arch] = onnx_tools.logits(path, x.numpy())
+        meta = {"arch": arch, "input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcde")}
+        jobs.append((path, {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS}, meta, x.numpy()))
+    results = tflite_tools.convert_many(jobs)
+    return root, x.numpy(), onnx_logits, dict(zip(models.REGISTRY, results))
+
+
+@pytest.mark.parametrize("arch", list(models.REGISTRY))
+def test_tflite_matrix(matrix, arch):
+    root, x, onnx_logits, results = matrix
+    ref = onnx_logits[arch]
+    for precision in PRECISIONS:
+        assert results[arch][precision]["status"] == "ok", results[arch][precision]
+        path = root / f"{arch}_{precision}.tflite"
+        out = tflite_tools.logits(path, x, batch=16)
+        span = float(ref.max() - ref.min())
+        # fp32 is exact up to summation order; fp16 weights and int8 are bounded relative to the logit range
+        bound = {"fp32": 1e-4 * max(span, 1), "fp16": 0.02 * span, "int8": 0.25 * span}[precision]
+        assert np.abs(out - ref).max() <= bound, (precision, np.abs(out - ref).max(), span)
+        meta = tflite_tools.metadata(path)
+        assert meta["arch"] == arch and meta["layout"] == "NHWC" and meta["input_size"] == [8, 8, 3]
+        assert meta["format"] == f"tflite_{precision}" and meta["mean"] == [0.5] * 3
+        types = tflite_tools.weight_types(path)
+        if precision == "fp32":
+            assert "int8" not in types and "float16" not in types
+        elif precision == "fp16":
+            assert types.get("float16", 0) > 0
+        else:
+            assert types.get("int8", 0) > 0 and "float32" not in types and "float16" not in types
+            assert meta["quantization"]["input"]["dtype"] == "int8" and meta["quantization"]["output"]["dtype"] == "int8"
+            assert meta["quantization"]["input"]["scale"] > 0
+
+
+def test_quantize_stage_with_tflite(tmp_path):
+    from test_quantize import prepared, quantize
+
+    cfg = smoke_config("quantize.max_drop=5.0")
+    run = prepared(tmp_path, cfg)
+    ctx = quantize(run, cfg)
+    assert ctx.error is None, ctx.error
+    arts = ctx.metrics["artifacts"]
+    for p in PRECISIONS:
+        entry = arts[f"tflite_{p}"]
+        assert entry["status"] == "ok" and entry["drop_points"] <= 5.0, entry
+        assert tflite_tools.metadata(run.root / "quantize" / f"tflite_{p}.tflite")["classes"] == ["class0", "class1",
+                                                                                                   "class2", "class3"]
+    assert arts["tflite_int8"]["input"]["dtype"] == "int8" and arts["tflite_int8"]["weight_types"]["int8"] > 0
+
+
+def test_tflite_int8_gate_fails_bad_model_and_goes_on(tmp_path):
+    from test_quantize import prepared, quantize, shifted_logits_model
+
+    cfg = smoke_config("quantize.targets=[]", "quantize.max_drop=5.0")
+    run = prepared(tmp_path, cfg, model=shifted_logits_model(smoke_config()))
+    ctx = quantize(run, cfg)
+    arts = ctx.metrics["artifacts"]
+    assert arts["tflite_int8"]["status"] == "failed" and arts["tflite_int8"]["cause"] == "accuracy_gate"
+    assert not (run.root / "quantize" / "tflite_int8.tflite").exists()
+    assert arts["tflite_fp32"]["status"] == "ok" and ctx.error is None
+
+
+def test_unsupported_op_fails_tflite_with_its_name(tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Sigmoid", ["input"], ["logits"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 4, 4])])
+    path = tmp_path / "sig.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    result = tflite_tools.convert(path, {"fp32": tmp_path / "x.tflite"}, {"input_size": [1, 4, 4]}, None)
+    assert result["fp32"]["status"] == "failed" and "Sigmoid" in result["fp32"]["reason"]
