@@ -59,14 +59,18 @@ def requirements(runtimes: set, tflite_pin: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(run, cfg, names: list[str], images: int, out: Path | None = None) -> Path:
-    """Write the bundle; every named model must exist (a missing one is a UserError, nothing written)."""
-    from pipeline import data, report
+def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip_missing: bool = False) -> Path:
+    """Write the bundle. A named model that does not exist is a UserError (nothing written), or with
+    ``skip_missing`` (the configured default list) it is left out."""
+    from pipeline import data, formats, report
     from pipeline.store import atomic_path
     from stages.benchmark import settings, write_eval_set
 
+    if skip_missing:
+        names = [n for n in names if (run.root / formats.get(n).stage / formats.get(n).filename()).is_file()]
     if not names:
-        raise UserError("no models chosen; pass --format NAME (e.g. tflite_int8) or set bundle.formats")
+        raise UserError("no models to pack; run 'compress quantize' first, or pass --format NAME "
+                        "(e.g. tflite_int8) or set bundle.formats")
     ds = data.load(cfg.data, cfg.seed)
     meta = {**ds.meta(), "normalization": "(pixel / 255 - mean) / std, per channel"}
     entries = [_model_entry(run.root, n, meta) for n in dict.fromkeys(names)]
