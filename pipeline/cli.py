@@ -104,6 +104,17 @@ def all_(
 ):
     """Run every stage in order, skipping those whose inputs and config have not changed."""
     _run(to, start, force)
+    _print_report()
+
+
+def _print_report() -> None:
+    """End of 'compress all': the benchmark table, when the run has one."""
+    cfg, run = _setup()
+    if runner_mod.is_main_process() and (run.root / "benchmark" / "results.json").is_file():
+        from pipeline import report as report_mod
+
+        console.print(report_mod.rich_table(run.root / "benchmark", cfg.benchmark.max_drop))
+        console.print(f"report: {run.root / 'benchmark' / 'report.md'}", highlight=False)
 
 
 @app.command()
@@ -140,6 +151,56 @@ def compare():
     cfg, run = _setup()
     with run.locked():
         compare_mod.run(cfg, run, console)
+
+
+@app.command("report")
+def report_cmd(add: Annotated[Optional[list[Path]], typer.Option("--add", help="results.json from a device "
+                                                                 "(repeatable).")] = None):
+    """Merge device results into report.md and pareto.png, and print the benchmark table."""
+    from pipeline import report as report_mod
+
+    cfg, run = _setup()
+    with run.locked():
+        for path in report_mod.add(run, list(add or []), cfg.benchmark.max_drop):
+            console.print(f"wrote {path}", highlight=False)
+    _print_report()
+
+
+@app.command("bundle")
+def bundle_cmd(
+    fmt: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="Artifact to pack (repeatable; "
+                                                     "default bundle.formats).")] = None,
+    images: Annotated[Optional[int], typer.Option(help="Test images in eval.npz (0 = all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the tar.gz.")] = None,
+):
+    """Write a tar.gz for a Raspberry Pi or Linux board: models, runner, eval set, requirements, README."""
+    from deploy import bundle as bundle_mod
+
+    cfg, run = _setup()
+    path = bundle_mod.build(run, cfg, list(fmt or cfg.bundle.formats),
+                            cfg.bundle.images if images is None else images, out, skip_missing=not fmt)
+    console.print(f"wrote {path}", highlight=False)
+
+
+@app.command("bench-android")
+def bench_android(
+    artifacts: Annotated[Optional[list[str]], typer.Argument(help="tflite_* formats (default: all written).")] = None,
+    binary: Annotated[Optional[str], typer.Option(help="benchmark_model path on the phone.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads of the all-cores run.")] = None,
+    delegate: Annotated[Optional[str], typer.Option(help="xnnpack | gpu | nnapi | none.")] = None,
+    serial: Annotated[Optional[str], typer.Option(help="adb device serial.")] = None,
+):
+    """Time .tflite models on an Android phone with TFLite's benchmark_model over adb; merge into the report."""
+    import dataclasses
+
+    from deploy import android
+
+    cfg, run = _setup()
+    given = {"binary": binary, "threads": threads, "delegate": delegate, "serial": serial}
+    acfg = dataclasses.replace(cfg.android, **{k: v for k, v in given.items() if v is not None})
+    with run.locked():
+        android.bench(run, cfg, acfg, list(artifacts or []))
+    _print_report()
 
 
 def _stage_command(name: str):
