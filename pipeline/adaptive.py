@@ -1,0 +1,134 @@
+"""The activation-map adaptive module (our reading of Wu et al., 2020; see docs/method.md).
+
+For each adapted teacher stage ``i`` a small trainable ``Adapter`` replaces the teacher's stage: it takes the
+teacher's input to stage ``i`` and produces a map of exactly the student's shape at stage ``i`` (channels,
+height, width); a 1x1 projection maps that back to the teacher's width so the teacher's later stages run on it.
+The student-shaped map is the hint the student learns from.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.models import StagedNet
+
+
+class Adapter(nn.Module):
+    """Two 3x3 conv-BN-ReLU layers (the first strided) to the student's shape, then a 1x1 projection back."""
+
+    def __init__(self, cin: int, cout: int, stride: int, teacher_out: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.proj = nn.Sequential(nn.Conv2d(cout, teacher_out, 1, bias=False), nn.BatchNorm2d(teacher_out),
+                                  nn.ReLU(inplace=True))
+
+
+def stage_shapes(net: StagedNet, channels: int, size: int) -> tuple[list[tuple], list[tuple]]:
+    """(C, H, W) of every stage's input and output for one image of ``channels`` x ``size`` x ``size``."""
+    was_training = net.training
+    net.eval()
+    ins, outs = [], []
+    with torch.no_grad():
+        h = net.stem(torch.zeros(1, channels, size, size))
+        for stage in net.stages:
+            ins.append(tuple(h.shape[1:]))
+            h = stage(h)
+            outs.append(tuple(h.shape[1:]))
+    net.train(was_training)
+    return ins, outs
+
+
+def plan(teacher: StagedNet, student: StagedNet, stages, channels: int, size: int) -> list[dict]:
+    """For each adapted stage: the adapter's input channels, output shape and stride; a clear error otherwise."""
+    t_in, t_out = stage_shapes(teacher, channels, size)
+    _, s_out = stage_shapes(student, channels, size)
+    if len(t_out) != len(s_out):
+        raise UserError(f"teacher has {len(t_out)} stages but the student {len(s_out)}; pick a student with "
+                        "the same number of resolution stages")
+    if not stages:
+        raise UserError("adapt.stages is empty; list at least one teacher stage, e.g. [1]")
+    specs = []
+    for i in sorted(set(stages)):
+        if not 0 <= i < len(t_out):
+            raise UserError(f"adapt.stages has {i}, out of range: the teacher's stages are 0..{len(t_out) - 1}")
+        (cin, hin, win), (cs, hs, ws), (ct, ht, wt) = t_in[i], s_out[i], t_out[i]
+        if (hs, ws) != (ht, wt) or hin % hs or win % ws:
+            raise UserError(f"stage {i}: the student's map is {hs}x{ws} but the teacher's is {ht}x{wt} "
+                            f"(from {hin}x{win}); these activation maps cannot be aligned: pick another "
+                            "student/teacher pair or adapt.stages")
+        specs.append({"stage": i, "in_channels": cin, "student_shape": (cs, hs, ws), "stride": hin // hs,
+                      "teacher_channels": ct})
+    return specs
+
+
+class AdaptedTeacher(nn.Module):
+    """The teacher with some stages replaced by adapters. ``forward`` gives logits; ``forward_hints`` also
+    gives the adapters' student-shaped maps. The teacher's own weights are frozen."""
+
+    def __init__(self, teacher: StagedNet, specs: list[dict]):
+        super().__init__()
+        self.teacher = teacher
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.specs = specs
+        self.adapters = nn.ModuleDict({
+            str(s["stage"]): Adapter(s["in_channels"], s["student_shape"][0], s["stride"], s["teacher_channels"])
+            for s in specs})
+
+    @property
+    def stages(self) -> list[int]:
+        return [s["stage"] for s in self.specs]
+
+    def train(self, mode: bool = True):
+        """Only the adapters ever train; the frozen teacher keeps its BatchNorm statistics."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward_hints(self, x: torch.Tensor, projections: dict | None = None):
+        """Logits and {stage: student-shaped map}; ``projections``, if given, receives the maps handed back to
+        the teacher (what its own stage would have output), which the adapt stage matches."""
+        h = self.teacher.stem(x)
+        hints = {}
+        for i, stage in enumerate(self.teacher.stages):
+            adapter = self.adapters[str(i)] if str(i) in self.adapters else None
+            if adapter is None:
+                h = stage(h)
+            else:
+                hints[i] = adapter.body(h)
+                h = adapter.proj(hints[i])
+                if projections is not None:
+                    projections[i] = h
+        return self.teacher.head(h), hints
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_hints(x)[0]
+
+    def adapter_state(self) -> dict:
+        """What adapt/adapted.pt holds: plain tensors and lists, loadable with weights_only=True."""
+        return {"stages": self.stages, "specs": [{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}
+                                                 for s in self.specs],
+                "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.adapters.state_dict().items()}}
+
+
+def build(teacher: StagedNet, student: StagedNet, stages, channels: int, size: int) -> AdaptedTeacher:
+    return AdaptedTeacher(teacher, plan(teacher, student, stages, channels, size))
+
+
+def load_adapted(path, teacher: StagedNet, student: StagedNet, channels: int, size: int) -> AdaptedTeacher:
+    """Rebuild the adapted teacher that adapt/adapted.pt describes, checking it fits this teacher/student."""
+    from pipeline.models import read_checkpoint
+
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or "stages" not in state or "state_dict" not in state:
+        raise UserError(f"{path} is not an adapted-module file; rerun 'compress adapt --force adapt'")
+    model = build(teacher, student, state["stages"], channels, size)
+    try:
+        model.adapters.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"{path} was adapted for another teacher/student pair; rerun 'compress adapt' "
+                        "with --force adapt") from exc
+    return model

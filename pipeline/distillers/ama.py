@@ -1,0 +1,51 @@
+"""Activation-map adaptation (our reading of Wu et al., 2020; docs/method.md): cross-entropy, KL to the
+*adapted* teacher's softened logits, and a hint loss between the student's map and the adaptive module's
+student-shaped map at every adapted stage.
+
+With ``distill.joint`` the module keeps adapting while the student trains: it is trained on its own
+cross-entropy through the rest of the frozen teacher, and the hint loss pulls module and student toward each
+other, so the supervisory map drifts toward what the student can represent. Its targets then change every
+step, so nothing is cached.
+"""
+from __future__ import annotations
+
+from pipeline.distillers import losses
+from pipeline.distillers.base import Distiller
+
+
+class ActivationMapAdaptation(Distiller):
+    def __init__(self, student, teacher, dcfg, stages):
+        super().__init__(student, teacher, dcfg, teacher.stages)
+        if dcfg.joint:
+            self.cacheable = False
+            for p in teacher.adapters.parameters():
+                p.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.dcfg.joint:  # the adapters train with the student; the teacher around them stays frozen
+            self.teacher.adapters.train(mode)
+            self.teacher.teacher.eval()
+        return self
+
+    def teacher_targets(self, x):
+        logits, hints = self.teacher.forward_hints(x)
+        return {"logits": logits, **{f"hint{i}": h for i, h in hints.items()}}
+
+    def forward(self, x, y):
+        if not self.dcfg.joint:
+            return super().forward(x, y)
+        logits, hints = self.teacher.forward_hints(x)
+        module_loss = losses.ce_loss(logits, y)
+        targets = {"logits": logits.detach(), **{f"hint{i}": h for i, h in hints.items()}}
+        loss, student_logits = self.loss(x, y, targets)
+        return loss + module_loss, student_logits
+
+    def loss(self, x, y, targets):
+        d = self.dcfg
+        logits, maps = self.student.forward_maps(x)
+        total = d.ce_weight * losses.ce_loss(logits, y) + \
+            d.kd_weight * losses.kd_loss(logits, targets["logits"], d.temperature)
+        for i in self.stages:
+            total = total + d.hint_weight * losses.hint_loss(maps[i], targets[f"hint{i}"], d.hint_loss)
+        return total, logits

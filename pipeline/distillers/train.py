@@ -1,0 +1,76 @@
+"""One student trained with one method: what the distill stage and ``compress compare`` both run, so every
+method gets the same student, epochs, schedule, data and seed."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from pipeline import adaptive, data as data_mod, distillers, models
+from pipeline.engine import accuracy, fit, init_distributed, pick_device, predict, resolve_precision
+from pipeline.errors import UserError
+
+
+def load_teacher(path: Path, cfg, ds: data_mod.Dataset) -> models.StagedNet:
+    """The teacher checkpoint, checked against the configured teacher and the data set."""
+    teacher, ckpt = models.load_model(path, expect_arch=cfg.teacher.arch)
+    meta = ckpt.get("meta", {})
+    if meta.get("channels") != ds.channels or len(meta.get("classes", [])) != len(ds.classes):
+        raise UserError(f"{path} was trained on {meta.get('dataset')} ({meta.get('channels')} channels, "
+                        f"{len(meta.get('classes', []))} classes), not on this config's {ds.name}; "
+                        "rerun 'compress teacher --force teacher'")
+    return teacher.eval()
+
+
+def new_student(cfg, ds: data_mod.Dataset, seed: int) -> models.StagedNet:
+    """The student every method starts from: same architecture and, for a seed, the same initial weights."""
+    models.check_arch(cfg.student.arch)
+    torch.manual_seed(seed)
+    return models.create(cfg.student.arch, ds.channels, len(ds.classes), cfg.student.width)
+
+
+def epochs_to(history: list[dict], target: float) -> int | None:
+    """First epoch whose test accuracy reaches ``target`` (None if none did)."""
+    return next((h["epoch"] for h in history if h["test_top1"] >= target), None)
+
+
+def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, adapted, out_dir: Path, *,
+                  fingerprint: str, console, label: str) -> dict:
+    """Train a fresh student with ``method``; returns the student and its figures.
+
+    ``teacher`` is the original teacher, ``adapted`` the AdaptedTeacher from the adapt stage (only 'ama' uses
+    it). Both are deep-copied, so one loaded teacher serves several runs.
+    """
+    side = distillers.needs(method)
+    source = {"teacher": teacher, "adapted": adapted, None: None}[side]
+    if side is not None and source is None:
+        stage = "adapt" if side == "adapted" else "teacher"
+        raise UserError(f"method '{method}' needs the {side} model; run 'compress {stage}' first")
+    student = new_student(cfg, ds, seed)
+    task = distillers.create(method, student, copy.deepcopy(source) if source is not None else None,
+                             cfg.distill, list(cfg.adapt.stages))
+    device = pick_device(cfg.device, init_distributed())
+    cache_s = task.setup(ds, device, augment=cfg.distill.augment, channels_last=cfg.student.channels_last)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = fit(task, student, ds, cfg.student, out_dir, seed=seed, fingerprint=fingerprint, console=console,
+                 augment=cfg.distill.augment, device_name=cfg.device, label=label)
+    hist = result.history
+    precision = resolve_precision(cfg.student.precision, device)
+    # Every method's training loss differs (KD, hints), so the comparable figure is the student's plain
+    # cross-entropy on the training set after training, the same measure for every method.
+    train = accuracy(predict(student, ds.train_x, ds, batch_size=cfg.student.eval_batch_size, device=device,
+                             precision=precision, channels_last=cfg.student.channels_last), ds.train_y)
+    secs = [h["epoch_seconds"] for h in hist]
+    return {"model": student.cpu(), "history": hist, "method": method, "seed": seed,
+            "test_top1": hist[-1]["test_top1"], "test_loss": hist[-1]["test_loss"],
+            "final_train_loss": train["loss"], "train_top1": train["top1"],
+            "final_task_loss": hist[-1]["train_loss"],
+            "seconds_per_epoch": sum(secs) / max(1, len(secs)), "cache_seconds": cache_s,
+            "cache_hits": task.cache.hits if task.cache else 0,
+            "cache_misses": task.cache.misses if task.cache else 0}
+
+
+def load_adapted_for(path: Path, cfg, teacher, ds: data_mod.Dataset) -> adaptive.AdaptedTeacher:
+    probe = models.create(cfg.student.arch, ds.channels, len(ds.classes), cfg.student.width)
+    return adaptive.load_adapted(path, copy.deepcopy(teacher), probe, ds.channels, ds.size)

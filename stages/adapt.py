@@ -1,0 +1,69 @@
+"""adapt: train the activation-map adaptive module(s) inside the frozen teacher; write adapt/adapted.pt and
+record the adapted teacher's accuracy beside the original's."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+NAME = "adapt"
+SECTIONS = ("seed", "device", "data", "teacher", "student", "adapt")
+UPSTREAM = ("teacher",)
+
+
+def _subset(ds, n: int):
+    """The first ``n`` training images, keeping the full set's normalisation (the teacher's)."""
+    from pipeline.data import Dataset
+
+    if not n or n >= len(ds.train_y):
+        return ds
+    sub = Dataset(ds.name, ds.train_x[:n], ds.train_y[:n], ds.test_x, ds.test_y, ds.classes)
+    sub.mean, sub.std = ds.mean, ds.std
+    return sub
+
+
+def _train_config(cfg):
+    from pipeline.config import TrainConfig
+
+    a, t = cfg.adapt, cfg.teacher
+    return TrainConfig(arch=t.arch, width=t.width, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                       schedule="onecycle", precision=t.precision, channels_last=t.channels_last,
+                       eval_batch_size=t.eval_batch_size)
+
+
+def run(ctx) -> list[Path]:
+    import torch
+
+    from pipeline import adaptive, data, models
+    from pipeline.distillers.adapter import AdaptTask
+    from pipeline.distillers.train import load_teacher
+    from pipeline.engine import accuracy, fit, init_distributed, pick_device, predict, resolve_precision
+    from pipeline.store import atomic_path
+
+    cfg = ctx.cfg
+    models.check_arch(cfg.student.arch)
+    ds = data.load(cfg.data, cfg.seed)
+    teacher = load_teacher(ctx.input("teacher", "model.pt"), cfg, ds)
+    probe = models.create(cfg.student.arch, ds.channels, len(ds.classes), cfg.student.width)
+    torch.manual_seed(cfg.seed)
+    adapted = adaptive.build(copy.deepcopy(teacher), probe, cfg.adapt.stages, ds.channels, ds.size)
+    task = AdaptTask(adapted, teacher, cfg.adapt)
+    device = pick_device(cfg.device, init_distributed())
+    tcfg = _train_config(cfg)
+    train_ds = _subset(ds, cfg.adapt.train_subset)
+    task.setup(train_ds, device, augment="none", channels_last=tcfg.channels_last)
+    result = fit(task, adapted, train_ds, tcfg, ctx.dir, seed=cfg.seed, fingerprint=ctx.fingerprint,
+                 console=ctx.console, augment="none", device_name=cfg.device, label="adapt")
+    precision = resolve_precision(tcfg.precision, device)
+    original = accuracy(predict(teacher.to(device), ds.test_x, ds, batch_size=tcfg.eval_batch_size, device=device,
+                                precision=precision, channels_last=tcfg.channels_last), ds.test_y)
+    state = {**adapted.adapter_state(), "teacher_arch": cfg.teacher.arch, "student_arch": cfg.student.arch,
+             "student_width": cfg.student.width}
+    out = ctx.dir / "adapted.pt"
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    ctx.metrics.update(stages=adapted.stages, teacher_top1=original["top1"],
+                       adapted_teacher_top1=result.final["test_top1"], adapted_test_loss=result.final["test_loss"],
+                       module_params=sum(p.numel() for p in adapted.adapters.parameters()))
+    ctx.console.print(f"adapt: teacher {original['top1']:.2%} -> adapted teacher {result.final['test_top1']:.2%} "
+                      f"(stages {adapted.stages})")
+    return [out, ctx.dir / "metrics.jsonl"]

@@ -1,0 +1,60 @@
+"""distill: train the student with the configured method (default: the activation-map adaptive module) and,
+on the same budget, the student alone as a baseline; write both checkpoints, their metrics and curves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "distill"
+SECTIONS = ("seed", "device", "data", "teacher", "student", "adapt", "distill")
+UPSTREAM = ("teacher", "adapt")
+
+
+def _save(ctx, run: dict, name: str, cfg, ds) -> list[Path]:
+    from pipeline import models
+
+    ckpt = models.save_checkpoint(ctx.dir / f"{name}.pt", run["model"], cfg.student.arch, cfg.student.width,
+                                  ds.meta(), method=run["method"], test_top1=run["test_top1"])
+    return [ckpt, ctx.dir / name / "metrics.jsonl"]
+
+
+def run(ctx) -> list[Path]:
+    from pipeline import data, distillers
+    from pipeline.distillers.train import load_adapted_for, load_teacher, train_student
+    from pipeline.engine import init_distributed
+    from pipeline.plots import training_curves
+
+    cfg, method = ctx.cfg, ctx.cfg.distill.method
+    distillers.check(method)
+    ds = data.load(cfg.data, cfg.seed)
+    teacher = load_teacher(ctx.input("teacher", "model.pt"), cfg, ds)
+    adapted = load_adapted_for(ctx.input("adapt", "adapted.pt"), cfg, teacher, ds) \
+        if distillers.needs(method) == "adapted" else None
+    common = {"console": ctx.console}
+    runs = {"student": train_student(cfg, method, cfg.seed, ds, teacher, adapted, ctx.dir / "student",
+                                     fingerprint=ctx.fingerprint, label=f"distill {method}", **common)}
+    if cfg.distill.baseline and method != "student":
+        runs["baseline"] = train_student(cfg, "student", cfg.seed, ds, teacher, None, ctx.dir / "baseline",
+                                         fingerprint=ctx.fingerprint + ":baseline", label="baseline", **common)
+    if not init_distributed().main:  # other ranks trained alongside; rank 0 writes the files
+        return []
+    outputs = [p for name, r in runs.items() for p in _save(ctx, r, name, cfg, ds)]
+    outputs.append(training_curves({f"{method} student" if n == "student" else "student alone": r["history"]
+                                    for n, r in runs.items()}, ctx.dir / "curves.png",
+                                   f"{cfg.student.arch} student: {method} vs alone"))
+    _record(ctx, runs, method)
+    return outputs
+
+
+def _record(ctx, runs: dict, method: str) -> None:
+    s, b = runs["student"], runs.get("baseline", runs["student"])
+    adapt = ctx.run.manifest()["stages"].get("adapt", {}).get("metrics", {})
+    teacher_top1 = adapt.get("teacher_top1", ctx.run.manifest()["stages"].get("teacher", {})
+                             .get("metrics", {}).get("test_top1"))
+    ctx.metrics.update(method=method, test_top1=s["test_top1"], test_loss=s["test_loss"],
+                       final_train_loss=s["final_train_loss"], baseline_top1=b["test_top1"],
+                       baseline_train_loss=b["final_train_loss"], teacher_top1=teacher_top1,
+                       adapted_teacher_top1=adapt.get("adapted_teacher_top1"),
+                       seconds_per_epoch=s["seconds_per_epoch"], baseline_seconds_per_epoch=b["seconds_per_epoch"],
+                       cache_seconds=s["cache_seconds"], gain_top1=s["test_top1"] - b["test_top1"])
+    ctx.console.print(f"distill: {method} student {s['test_top1']:.2%}, student alone {b['test_top1']:.2%}",
+                      highlight=False)

@@ -1,0 +1,63 @@
+"""`compress compare` on two seeds of a tiny smoke config, and distillation under DDP (gloo, two processes)."""
+import json
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from test_distill_stages import TINY
+
+
+@pytest.mark.slow
+def test_compare_two_seeds_writes_every_file(cli, tmp_path):
+    sets = [a for t in [*TINY, "compare.methods=[student,kd,ama]", "compare.seeds=2"] for a in ("--set", t)]
+    result = cli("-c", "smoke", "-r", str(tmp_path), *sets, "compare")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "compare"
+    summary = json.loads((out / "compare.json").read_text())
+    assert set(summary["methods"]) == {"student", "kd", "ama"}
+    assert all(len(runs) == 2 for runs in summary["runs"].values())
+    assert summary["methods"]["student"]["delta_top1"] == 0.0
+    assert "| ama |" in (out / "compare.md").read_text()
+    assert (out / "compare.png").stat().st_size > 1000
+    again = cli("-c", "smoke", "-r", str(tmp_path), *sets, "compare")  # every run is reused, nothing retrains
+    assert again.exit_code == 0 and "compare: ama, seed" not in again.output
+
+
+def _ddp_worker(rank: int, port: int, out: str):
+    import os
+
+    from rich.console import Console
+
+    from pipeline import adaptive, config, data, models
+    from pipeline.distillers.train import train_student
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = config.load("smoke", [*TINY, "device=cpu"])
+    ds = data.load(cfg.data, cfg.seed)
+    torch.manual_seed(0)
+    teacher = models.create(cfg.teacher.arch, ds.channels, len(ds.classes), cfg.teacher.width).eval()
+    student = models.create(cfg.student.arch, ds.channels, len(ds.classes), cfg.student.width)
+    adapted = adaptive.build(teacher, student, [1], ds.channels, ds.size)
+    r = train_student(cfg, "ama", 0, ds, teacher, adapted, __import__("pathlib").Path(out) / f"r{rank}",
+                      fingerprint="ddp", console=Console(quiet=True), label="ddp")
+    # parameters only: BatchNorm running stats are each rank's own (DDP broadcasts them before each step)
+    params = {k: v.detach() for k, v in r["model"].named_parameters()}
+    torch.save({"state": params, "history": r["history"]}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distill_under_ddp_gloo_two_processes(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2))
+    for k, v in r0["state"].items():  # DDP kept both replicas' weights identical
+        assert torch.equal(v, r1["state"][k]), k
+    assert len(r0["history"]) == 1 and r0["history"][0]["train_loss"] > 0
+    assert (tmp_path / "r0" / "metrics.jsonl").exists() and not (tmp_path / "r1" / "metrics.jsonl").exists()
