@@ -141,6 +141,9 @@ COLUMNS = ("artifact", "device", "top-1 %", "drop (pts)", "p50 ms", "p90 ms", "s
            "img/s", "size KiB", "peak RSS MB")
 
 
+SHORT = {"top-1 %": "top-1 %", "drop (pts)": "drop", "speedup vs eager": "x eager", "size KiB": "KiB"}
+
+
 def cells(row: dict, best: dict) -> list[str]:
     name = row["artifact"] + (" *" if best.get(row["device"]) == row["artifact"] else "")
     if row["status"] != "ok":
@@ -207,8 +210,8 @@ def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
         ax.annotate(r["artifact"], (_p50(r), 100 * r["top1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     for device, marker in markers.items():
         front = pareto_front([r for r in pts if r["device"] == device])
-        ax.plot([_p50(r) for r in front], [100 * r["top1"] for r in front], "--", alpha=0.6,
-                label=f"Pareto front, {device}")
+        ax.step([_p50(r) for r in front], [100 * r["top1"] for r in front], "--", where="post", alpha=0.6,
+                label=f"Pareto front, {device}")  # staircase: between points the faster one's accuracy holds
         pick = next((r for r in pts if r["device"] == device and best.get(device) == r["artifact"]), None)
         if pick:
             ax.scatter(_p50(pick), 100 * pick["top1"], marker="*", s=300, color="gold", edgecolor="black",
@@ -279,9 +282,15 @@ def rich_table(bench_dir: Path, max_drop: float):
     extras = [d for d in device_docs(bench_dir) if d["run"]["run_id"] == doc["run"]["run_id"]]
     rows = table(doc, extras)
     best = recommended(rows, max_drop)
-    out = Table(title=f"benchmark (run {doc['run']['run_id']}); * = recommended")
-    for col in COLUMNS:
-        out.add_column(col, justify="left" if col in ("artifact", "device") else "right")
+    # a terminal is narrow: the columns that decide, the device only when there are several
+    keep = [0, 2, 3, 4, 5, 6, 9] if len({r["device"] for r in rows}) == 1 else [0, 1, 2, 3, 4, 6, 9]
+    out = Table(title=f"benchmark (run {doc['run']['run_id']}, batch 1, 1 thread); * = recommended")
+    for i in keep:
+        out.add_column(SHORT.get(COLUMNS[i], COLUMNS[i]), justify="left" if i < 2 else "right", no_wrap=i == 0)
     for row in rows:
-        out.add_row(*cells(row, best), style="dim" if row["status"] != "ok" else None)
+        full = cells(row, best)
+        if row["status"] != "ok":
+            out.add_row(full[0], *([full[1]] if 1 in keep else []), full[2][:40], style="dim")
+        else:
+            out.add_row(*(full[i] for i in keep))
     return out

@@ -174,3 +174,17 @@ def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
     assert all(f"| {name}" in text for name in rows) and "Distillation: teacher" in text
     assert (run.root / "benchmark" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert ctx.metrics["recommended"] in ok
+
+
+def test_missing_runtime_fails_that_row_only(tmp_path):
+    shadow = tmp_path / "shadow" / "onnxruntime"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    np.savez(tmp_path / "eval.npz", images=np.zeros((2, 1, 4, 4), np.uint8), labels=np.zeros(2, np.int64))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"unused")
+    row = runner.measure_isolated({"artifact": "onnx_fp32", "path": str(model), "adapter": "onnxruntime",
+                                   "data": str(tmp_path / "eval.npz"), "pythonpath": str(tmp_path / "shadow"),
+                                   "meta": {"mean": [0.5], "std": [0.5]}})
+    assert row["status"] == "failed" and row["reason"] == ("error: onnxruntime is not installed: "
+                                                           "pip install onnxruntime")
