@@ -41,24 +41,24 @@ def conversion(ctx, name: str):
     ctx.metrics.setdefault("artifacts", {})[name] = entry
     started = time.perf_counter()
     try:
-        yield entry
+        with ctx.console.status(f"{name}: converting and checking on the test set ..."):
+            yield entry
     except UserError as exc:
         entry.update(status="failed", reason=str(exc), seconds=round(time.perf_counter() - started, 2),
                      cause="accuracy_gate" if isinstance(exc, GateFailed) else "input")
         ctx.console.print(f"[red]{name}: failed[/red] {exc}", highlight=False)
         return
     path = path_of(ctx, name)
-    entry.setdefault("status", "ok")
+    entry["status"] = "ok"
     entry.update(path=str(path.relative_to(ctx.run.root)), bytes=path.stat().st_size,
                  seconds=round(time.perf_counter() - started, 2))
-    colour = "green" if entry["status"] == "ok" else "red"
-    ctx.console.print(f"[{colour}]{name}[/{colour}]: {entry['status']}, {path} ({entry['bytes'] / 1024:.1f} KiB) "
-                      f"in {entry['seconds']:.2f} s" + (f" - {entry['reason']}" if entry.get("reason") else ""),
-                      highlight=False)
+    converting = f" (+{entry['convert_seconds']:.2f} s converting)" if "convert_seconds" in entry else ""
+    ctx.console.print(f"[green]{name}[/green]: {path} ({entry['bytes'] / 1024:.1f} KiB) in {entry['seconds']:.2f} s"
+                      f"{converting}", highlight=False)
 
 
 def written(ctx) -> list[Path]:
-    """Files of this stage's artifacts that were written (ok or gated as failed but kept for inspection)."""
+    """Files of this stage's artifacts that passed their checks and were written."""
     out = []
     for name, entry in ctx.metrics.get("artifacts", {}).items():
         path = path_of(ctx, name)

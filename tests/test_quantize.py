@@ -151,3 +151,10 @@ def test_missing_tensorflow_fails_only_tflite(good, monkeypatch):
     for p in ("fp32", "fp16", "int8"):
         assert arts[f"tflite_{p}"]["status"] == "failed" and "pip install tensorflow-cpu" in arts[f"tflite_{p}"]["reason"]
     assert isinstance(ctx.error, UserError) and "not written" in str(ctx.error)
+
+
+def test_fallback_order_starts_with_configured_method():
+    from pipeline import ort_quant
+
+    assert ort_quant.method_order("Percentile") == ["Percentile", "MinMax", "Entropy"]
+    assert ort_quant.method_order("MinMax")[0] == "MinMax" and len(set(ort_quant.method_order("Entropy"))) == 3
