@@ -62,6 +62,17 @@ def init_distributed() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def seed_all(seed: int) -> None:
+    """Seed every generator a run draws from; call it before building the model so init is repeatable."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def pick_device(name: str, d: Dist | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

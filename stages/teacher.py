@@ -10,12 +10,13 @@ UPSTREAM = ()
 
 def run(ctx) -> list[Path]:
     from pipeline import data, models
-    from pipeline.engine import Classifier, fit
+    from pipeline.engine import Classifier, fit, seed_all
     from pipeline.plots import training_curves
 
     cfg, tcfg = ctx.cfg, ctx.cfg.teacher
     models.check_arch(tcfg.arch)
     ds = data.load(cfg.data, cfg.seed)
+    seed_all(cfg.seed)
     model = models.create(tcfg.arch, ds.channels, len(ds.classes), tcfg.width)
     result = fit(Classifier(model, tcfg.label_smoothing), model, ds, tcfg, ctx.dir, seed=cfg.seed,
                  fingerprint=ctx.fingerprint, console=ctx.console, augment=cfg.data.augment,

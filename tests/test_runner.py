@@ -1,0 +1,108 @@
+"""Skip / stale / force logic of the runner, on two throw-away stages that write small files."""
+import importlib.util
+import json
+
+import pytest
+from rich.console import Console
+
+from pipeline import config, runner as runner_mod
+from pipeline.errors import UserError
+from pipeline.store import RunDir
+
+STAGE_SOURCE = '''
+NAME = "{name}"
+SECTIONS = ("seed",)
+UPSTREAM = {upstream}
+CALLS = []
+
+
+def run(ctx):
+    CALLS.append(ctx.fingerprint)
+    text = "seed %d" % ctx.cfg.seed
+    for up in UPSTREAM:
+        text += " <- " + ctx.input(up, "out.txt").read_text()
+    out = ctx.dir / "out.txt"
+    out.write_text(text)
+    return [out]
+'''
+
+
+@pytest.fixture
+def fake_stages(tmp_path, monkeypatch):
+    mods = {}
+    for name, upstream in (("first", ()), ("second", ("first",))):
+        path = tmp_path / f"{name}.py"
+        path.write_text(STAGE_SOURCE.format(name=name, upstream=upstream))
+        spec = importlib.util.spec_from_file_location(f"fake_{name}", path)
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    monkeypatch.setattr(runner_mod, "available", lambda: list(mods))
+    monkeypatch.setattr(runner_mod, "load_stage", lambda name: mods[name])
+    return mods
+
+
+def _runner(tmp_path, *sets):
+    cfg = config.load("smoke", list(sets))
+    return runner_mod.Runner(cfg, RunDir(tmp_path / "run"), Console(quiet=True))
+
+
+def test_second_run_skips_and_a_config_change_reruns_downstream(tmp_path, fake_stages):
+    r = _runner(tmp_path)
+    r.run_all(r.select())
+    assert [len(m.CALLS) for m in fake_stages.values()] == [1, 1]
+    r.run_all(r.select())
+    assert [len(m.CALLS) for m in fake_stages.values()] == [1, 1]  # nothing changed: all skipped
+    assert [row[1] for row in r.status_rows()] == ["done", "done"]
+
+    changed = _runner(tmp_path, "seed=5")
+    assert [row[1] for row in changed.status_rows()] == ["stale", "stale"]  # upstream change -> downstream stale
+    changed.run_all(changed.select())
+    assert (tmp_path / "run/second/out.txt").read_text() == "seed 5 <- seed 5"
+    assert [len(m.CALLS) for m in fake_stages.values()] == [2, 2]
+
+
+def test_tampered_output_makes_a_stage_stale(tmp_path, fake_stages):
+    r = _runner(tmp_path)
+    r.run_all(r.select())
+    (tmp_path / "run/first/out.txt").write_text("edited by hand")
+    assert [row[1] for row in r.status_rows()] == ["stale", "stale"]
+    r.run_all(r.select())
+    assert (tmp_path / "run/first/out.txt").read_text() == "seed 0"
+
+
+def test_force_reruns_a_stage_and_everything_after(tmp_path, fake_stages):
+    r = _runner(tmp_path)
+    r.run_all(r.select())
+    r.run_all(r.select(), force="second")
+    assert [len(m.CALLS) for m in fake_stages.values()] == [1, 2]
+    r.run_all(r.select(), force="first")
+    assert [len(m.CALLS) for m in fake_stages.values()] == [2, 3]
+    with pytest.raises(UserError, match="unknown stage 'secnd'"):
+        r.run_all(r.select(), force="secnd")
+
+
+def test_from_and_to(tmp_path, fake_stages):
+    r = _runner(tmp_path)
+    with pytest.raises(UserError, match="stage 'first' is not done"):
+        r.run_all(r.select(start="second"))
+    r.run_all(r.select(to="first"))
+    assert [row[1] for row in r.status_rows()] == ["done", "missing"]
+    r.run_all(r.select(start="second"))
+    assert [row[1] for row in r.status_rows()] == ["done", "done"]
+
+
+def test_manifest_records_outputs_timing_and_environment(tmp_path, fake_stages):
+    r = _runner(tmp_path)
+    r.run_all(r.select())
+    entry = json.loads((tmp_path / "run/manifest.json").read_text())["stages"]["second"]
+    assert entry["outputs"][0]["path"] == "second/out.txt"
+    assert len(entry["outputs"][0]["sha256"]) == 64 and entry["outputs"][0]["bytes"] > 0
+    assert entry["seconds"] >= 0 and "python" in entry["env"] and len(entry["fingerprint"]) == 64
+    assert (tmp_path / "run/config.yaml").read_text() == config.dump(r.cfg)
+
+
+def test_corrupt_manifest_is_a_clear_error(tmp_path, fake_stages):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match="manifest.json is corrupt"):
+        _runner(tmp_path).status_rows()
