@@ -1,0 +1,62 @@
+"""The paper's four claims, checked on `compress compare` (every method x seeds, same budget, one run).
+
+    .venv/bin/python benchmarks/distill_compare.py [-c default] [--run-dir runs/default] [--report-only]
+
+Runs (or resumes: finished (method, seed) runs are reused) `compress compare` for the config, then prints the
+comparison table and, for the adaptive-module student ('ama'), each claim of Wu et al. (2020) with the figure
+measured here against the student alone trained in the same run. --report-only reads compare.json as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+from rich.console import Console
+
+
+def claims(summary: dict) -> list[tuple[str, str, bool]]:
+    ama, base = summary["ama"], summary["student"]
+    rows = [("test accuracy >= student alone + 0.6 pts", f"{100 * ama['delta_top1']:+.2f} pts "
+             f"(p={ama['p_value'] if ama['p_value'] is None else round(ama['p_value'], 3)})",
+             ama["delta_top1"] >= 0.006)]
+    for other in ("kd", "fitnets"):
+        if other in summary:
+            diff = ama["test_top1"] - summary[other]["test_top1"]
+            rows.append((f"beats {other}", f"{100 * diff:+.2f} pts", diff > 0))
+    rows.append(("final training loss >= 6.5% lower", f"{100 * ama['loss_change']:+.1f}%",
+                 ama["loss_change"] <= -0.065))
+    e_a, e_b = ama["epochs_to_target"], base["epochs_to_target"]
+    fewer = e_a is not None and (e_b is None or e_a < e_b)
+    rows.append(("reaches the target accuracy in fewer epochs", f"{e_a} vs {e_b} (mean epoch, runs that reached)",
+                 fewer))
+    rows.append(("distillation epoch <= 1.5x a plain epoch", f"{ama['epoch_cost']:.2f}x", ama["epoch_cost"] <= 1.5))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-c", "--config", default="default")
+    ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    from pipeline import compare, config
+    from pipeline.store import RunDir
+
+    cfg = config.load(args.config)
+    run = RunDir(args.run_dir or Path("runs") / Path(args.config).stem)
+    if args.report_only:
+        summary = json.loads((run.root / "compare" / "compare.json").read_text())["methods"]
+    else:
+        with run.locked():
+            summary = compare.run(cfg, run, Console())
+    print(f"\nmachine: {platform.machine()} {platform.processor()}, config {args.config}\n")
+    print(compare.to_markdown(summary, cfg))
+    print("| claim (Wu et al., 2020) | measured | holds |\n|---|---|---|")
+    for claim, measured, ok in claims(summary):
+        print(f"| {claim} | {measured} | {'yes' if ok else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
