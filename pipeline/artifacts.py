@@ -34,11 +34,15 @@ def upstream(ctx, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def conversion(ctx, name: str):
+def conversion(ctx, name: str, clear: bool = True):
     """Time one conversion; on success log and record time, path and size, on a UserError record the
-    artifact as failed with the reason and go on (the other artifacts are still written)."""
+    artifact as failed with the reason and go on (the other artifacts are still written). ``clear``
+    first deletes a file an earlier run left (pass False when the file was just written, and delete
+    stale files before writing instead)."""
     entry: dict = {}
     ctx.metrics.setdefault("artifacts", {})[name] = entry
+    if clear:  # a file left by an earlier run must never pass for this one
+        path_of(ctx, name).unlink(missing_ok=True)
     started = time.perf_counter()
     try:
         with ctx.console.status(f"{name}: converting and checking on the test set ..."):
@@ -49,12 +53,15 @@ def conversion(ctx, name: str):
         ctx.console.print(f"[red]{name}: failed[/red] {exc}", highlight=False)
         return
     path = path_of(ctx, name)
+    if not path.exists():  # a conversion that returns must have written its file
+        raise UserError(f"{name}: the converter reported success but wrote no {path}; rerun with --debug")
     entry["status"] = "ok"
     entry.update(path=str(path.relative_to(ctx.run.root)), bytes=path.stat().st_size,
                  seconds=round(time.perf_counter() - started, 2))
-    converting = f" (+{entry['convert_seconds']:.2f} s converting)" if "convert_seconds" in entry else ""
+    extra = f" (+{entry['convert_seconds']:.2f} s converting)" if "convert_seconds" in entry else ""
+    extra += f", test top-1 drop {entry['drop_points']:.2f} points" if "drop_points" in entry else ""
     ctx.console.print(f"[green]{name}[/green]: {path} ({entry['bytes'] / 1024:.1f} KiB) in {entry['seconds']:.2f} s"
-                      f"{converting}", highlight=False)
+                      f"{extra}", highlight=False)
 
 
 def written(ctx) -> list[Path]:

@@ -31,14 +31,14 @@ FORMATS: tuple[Format, ...] = (
     Format("onnx_fp32", "export", ".onnx", "onnxruntime", "fp32"),
     Format("onnx_simplified", "simplify", ".onnx", "onnxruntime", "fp32"),
     Format("onnx_int8_x86", "quantize", ".onnx", "onnxruntime", "int8",
-           {"activations": "uint8", "weights": "int8", "per_channel": True, "target": "x86"}),
+           {"activations": "uint8", "weights": "int8", "per_channel": True, "target": "x86", "form": "QDQ"}),
     Format("onnx_int8_arm", "quantize", ".onnx", "onnxruntime", "int8",
            {"activations": "int8", "weights": "int8", "per_channel": True, "target": "arm", "form": "QDQ"}),
     Format("onnx_int8_dynamic", "quantize", ".onnx", "onnxruntime", "int8-dynamic", {"weights": "int8"}),
     Format("tflite_fp32", "quantize", ".tflite", "tflite", "fp32", {"layout": "NHWC"}),
     Format("tflite_fp16", "quantize", ".tflite", "tflite", "fp16", {"layout": "NHWC"}),
     Format("tflite_int8", "quantize", ".tflite", "tflite", "int8",
-           {"layout": "NHWC", "input": "int8", "output": "int8"}),
+           {"layout": "NHWC", "input": "int8", "output": "int8", "calibration": "MinMax (representative dataset)"}),
 )
 
 

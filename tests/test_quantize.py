@@ -111,6 +111,7 @@ def test_empty_calibration_set(good):
     arts = ctx.metrics["artifacts"]
     assert arts["onnx_int8_x86"]["status"] == "failed" and "empty" in arts["onnx_int8_x86"]["reason"]
     assert arts["onnx_int8_dynamic"]["status"] == "ok"  # needs no calibration: still written
+    assert not (run.root / "quantize" / "onnx_int8_x86.onnx").exists()  # the earlier run's file is gone
 
 
 def test_wrong_shape_calibration_set(good, monkeypatch):
