@@ -55,12 +55,17 @@ def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: P
     """Build candidates from ``attempts`` ((label, build(tmp_path)) pairs) until one keeps top-1 within
     ``max_drop`` points of fp32; it becomes ``final``. Every attempt is recorded in ``entry``."""
     from pipeline.artifacts import GateFailed
+    from pipeline.errors import UserError
 
     tried = entry.setdefault("attempts", [])
     for label, build in attempts:
         tmp = final.with_name(f".{final.stem}.candidate{final.suffix}")
         try:
-            build(tmp)
+            try:
+                build(tmp)
+            except Exception as exc:  # an onnxruntime quantizer crash fails this attempt, not the stage
+                tried.append({**label, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
+                continue
             acc = top1(evaluate(tmp), inp.y)
             drop = round((inp.ref_top1 - acc) * 100, 3)
             tried.append({**label, "test_top1": round(acc, 5), "drop_points": drop})
@@ -71,7 +76,10 @@ def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: P
                 return
         finally:
             tmp.unlink(missing_ok=True)
-    best = min(t["drop_points"] for t in tried)
+    drops = [t["drop_points"] for t in tried if "drop_points" in t]
+    if not drops:
+        raise UserError(f"the quantizer failed on every attempt ({tried[-1]['error']}); rerun with --debug")
+    best = min(drops)
     raise GateFailed(f"accuracy drop {best:.2f} points > quantize.max_drop {max_drop} after {len(tried)} attempts "
                      "(calibration methods, sensitive layers in float); not written")
 

@@ -159,3 +159,17 @@ def test_fallback_order_starts_with_configured_method():
 
     assert ort_quant.method_order("Percentile") == ["Percentile", "MinMax", "Entropy"]
     assert ort_quant.method_order("MinMax")[0] == "MinMax" and len(set(ort_quant.method_order("Entropy"))) == 3
+
+
+def test_quantizer_crash_fails_only_that_artifact(good, monkeypatch):
+    from pipeline import ort_quant
+
+    cfg, run, _ = good
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated quantizer crash")
+    monkeypatch.setattr(ort_quant, "static", crash)
+    ctx = quantize(run, smoke_config(*NO_TFLITE, "quantize.targets=[x86, dynamic]"))
+    arts = ctx.metrics["artifacts"]
+    assert arts["onnx_int8_x86"]["status"] == "failed" and "simulated quantizer crash" in arts["onnx_int8_x86"]["reason"]
+    assert arts["onnx_int8_dynamic"]["status"] == "ok" and isinstance(ctx.error, UserError)
