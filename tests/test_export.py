@@ -4,6 +4,7 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
+from rich.console import Console
 
 from pipeline import models, onnx_tools
 from pipeline.errors import UserError
@@ -68,7 +69,7 @@ def test_missing_simplifiers_are_a_user_error(monkeypatch):
     monkeypatch.setattr(simplify, "_onnxsim", missing)
     monkeypatch.setattr(simplify, "_onnxslim", missing)
     with pytest.raises(UserError, match="pip install onnxsim==0.8.1"):
-        simplify.simplify(None, "auto", __import__("rich.console").console.Console(quiet=True))
+        simplify.simplify(None, "auto", Console(quiet=True))
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -115,11 +115,10 @@ def test_empty_calibration_set(good):
 
 
 def test_wrong_shape_calibration_set(good, monkeypatch):
-    from stages import quantize as stage
+    from pipeline import artifacts
 
     cfg, run, _ = good
-    monkeypatch.setattr(stage.artifacts if hasattr(stage, "artifacts") else __import__("pipeline.artifacts").artifacts,
-                        "calibration_images", lambda ds, n, seed: torch.zeros(8, 3, 32, 32).numpy())
+    monkeypatch.setattr(artifacts, "calibration_images", lambda ds, n, seed: torch.zeros(8, 3, 32, 32).numpy())
     ctx = quantize(run, smoke_config(*NO_TFLITE, "quantize.targets=[arm]"))
     assert "shape (8, 3, 32, 32)" in ctx.metrics["artifacts"]["onnx_int8_arm"]["reason"]
     assert isinstance(ctx.error, UserError)
