@@ -1,6 +1,6 @@
 """Cost of a distillation epoch against a plain student epoch, every method measured in the same run.
 
-    .venv/bin/python benchmarks/distill_epoch_cost.py [-c default] [--images 12800] [--threads 2]
+    .venv/bin/python benchmarks/distill_epoch_cost.py [-c default] [--images 12800] [--threads 2] [--rounds 3]
 
 Trains one epoch of each method on the first ``--images`` training images through the real engine
 (pipeline.engine.fit: same batches, precision and memory format as `compress distill`) and prints
@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("-c", "--config", default="default")
     ap.add_argument("--images", type=int, default=12800)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round counts (a "
+                    "shared machine's load only ever slows a round down)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = config.load(args.config)
@@ -65,12 +67,17 @@ def main() -> None:
         teacher = models.create(cfg.teacher.arch, ds.channels, len(ds.classes), cfg.teacher.width)
     rows = [("student", {}), ("kd", {}), ("fitnets", {}), ("at", {}), ("ama", {}),
             ("ama", {"cache": False}), ("ama", {"joint": True})]
-    results = [(m, kw, measure(cfg, m, ds, teacher.eval(), **kw)) for m, kw in rows]
+    best: dict[int, dict] = {}
+    for _ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every method alike
+        for i, (m, kw) in enumerate(rows):
+            r = measure(cfg, m, ds, teacher.eval(), **kw)
+            best[i] = max(best.get(i, r), r, key=lambda v: v["ips"])
+    results = [(m, kw, best[i]) for i, (m, kw) in enumerate(rows)]
     base = results[0][2]["ips"]
     n = len(full.train_y)
     print(f"{cfg.student.arch} student, {cfg.teacher.arch} teacher, {cfg.data.dataset}, precision "
           f"{cfg.student.precision}, channels_last {cfg.student.channels_last}, {args.images} images, "
-          f"{args.threads} threads, {platform.processor() or platform.machine()}")
+          f"{args.threads} threads, best of {args.rounds} interleaved rounds, {platform.machine()}")
     print("\n| method | teacher outputs | img/s | s / 60k epoch | epoch cost vs student | cache, s per full set |")
     print("|---|---|---|---|---|---|")
     for m, kw, r in results:
