@@ -51,6 +51,3 @@ def get(name: str) -> Format:
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise UserError(f"unknown format '{name}'{hint} Valid: {', '.join(names)}")
 
-
-def of_stage(stage: str) -> list[Format]:
-    return [f for f in FORMATS if f.stage == stage]

@@ -109,13 +109,24 @@ class Runner:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
+    def states(self, manifest: dict) -> dict[str, str]:
+        """done, stale or missing for every stage, in order, each stage's outputs hashed once.
+
+        A stage is only done if everything it reads from is done too.
+        """
+        known: dict[str, str] = {}
+        for name in self.stages:
+            known[name] = self._own_state(name, manifest, known)
+        return known
+
     def state(self, name: str, manifest: dict) -> str:
-        """done, stale or missing; a stage is only done if everything it reads from is done too."""
+        return self.states(manifest)[name]
+
+    def _own_state(self, name: str, manifest: dict, known: dict[str, str]) -> str:
         entry = manifest["stages"].get(name)
         if not entry:
             return "missing"
-        mod = load_stage(name)
-        if any(self.state(up, manifest) != "done" for up in mod.UPSTREAM if up in self.stages):
+        if any(known[up] != "done" for up in load_stage(name).UPSTREAM if up in known):
             return "stale"
         if entry.get("fingerprint") != self.fingerprint(name, manifest):
             return "stale"
@@ -142,15 +153,16 @@ class Runner:
             self.run.create()
             atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
         forced = set(self.stages[self.stages.index(force):]) if force else set()
+        states = self.states(self.run.manifest())
         for name in self.stages[:self.stages.index(selected[0])]:
-            if self.state(name, self.run.manifest()) != "done":
+            if states[name] != "done":
                 raise UserError(f"stage '{name}' is not done; run without --from, or 'compress {name}' first")
         for name in selected:
-            manifest = self.run.manifest()
-            if name not in forced and self.state(name, manifest) == "done":
+            if name not in forced and states[name] == "done":
                 self.console.print(f"[dim]{name}: up to date, skipped[/dim]")
                 continue
-            self._run_stage(name, manifest)
+            self._run_stage(name, self.run.manifest())
+            states = self.states(self.run.manifest())  # what ran changes what comes after it
 
     def _run_stage(self, name: str, manifest: dict) -> None:
         mod = load_stage(name)
@@ -175,11 +187,12 @@ class Runner:
 
     def status_rows(self) -> list[tuple[str, str, str, str]]:
         manifest = self.run.manifest()
+        states = self.states(manifest)
         rows = []
         for name in self.stages:
             entry = manifest["stages"].get(name, {})
             seconds = entry.get("seconds")
-            rows.append((name, self.state(name, manifest), entry.get("finished", "-"),
+            rows.append((name, states[name], entry.get("finished", "-"),
                          f"{seconds:.1f} s" if seconds is not None else "-"))
         return rows
 

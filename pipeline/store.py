@@ -92,11 +92,6 @@ class RunDir:
         manifest["stages"][stage] = entry
         atomic_json(self.root / MANIFEST, manifest)
 
-    def forget(self, stage: str) -> None:
-        manifest = self.manifest()
-        if manifest["stages"].pop(stage, None) is not None:
-            atomic_json(self.root / MANIFEST, manifest)
-
     def create(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
