@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,19 +21,77 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+# Global options and whether they take a value; accepted before or after the sub-command.
+GLOBAL_OPTIONS = {"-c": True, "--config": True, "-s": True, "--set": True, "-r": True, "--run-dir": True,
+                  "--debug": False}
+RESUME = "finished stages and the last epoch checkpoint are kept; rerun the same command to resume"
+
+
+class Terminated(BaseException):
+    """SIGTERM (a job scheduler's stop), handled like Ctrl-C."""
+
+
+def _hoist_global_options(args: list[str]) -> list[str]:
+    """Move global options that follow the sub-command in front of it (`compress all -c smoke`)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):  # find the sub-command
+        i += 2 if GLOBAL_OPTIONS.get(args[i]) else 1
+    head, tail, rest = args[:i + 1], [], []
+    j = i + 1
+    while j < len(args):
+        arg, name = args[j], args[j].split("=", 1)[0]
+        if arg == "--":
+            rest.extend(args[j:])
+            break
+        if name in GLOBAL_OPTIONS:
+            takes_value = GLOBAL_OPTIONS[name] and "=" not in arg
+            if takes_value and j + 1 == len(args):
+                raise ValueError(f"Option '{arg}' requires an argument.")
+            tail.extend(args[j:j + 1 + takes_value])
+            j += 1 + takes_value
+            continue
+        rest.append(arg)
+        j += 1
+    return head[:-1] + tail + head[-1:] + rest if head else args
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """The one-line message for ENOSPC / EDQUOT anywhere under a command, else None."""
+    if not (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return None
+    from pipeline.store import free_space
+
+    where = Path(exc.filename).parent if exc.filename else Path.cwd()
+    return (f"[red]error:[/red] no space left for {where} ({free_space(where)} free); free some space and rerun "
+            "the same command to resume (finished stages are kept)")
+
+
 class _Group(TyperGroup):
     """Turns a UserError into one line on stderr and exit code 2, anything unexpected into one line and exit
-    code 1 (tracebacks only with --debug), and Ctrl-C into a note that the run can be resumed."""
+    code 1 (tracebacks only with --debug), and Ctrl-C / SIGTERM into a note that the run can be resumed.
+    Click's own usage errors (unknown command or option) pass through: usage line, message, exit 2."""
+
+    def parse_args(self, ctx, args):
+        try:
+            args = _hoist_global_options(list(args))
+        except ValueError as exc:
+            ctx.fail(str(exc))
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (typer.TyperException, typer.Exit, typer.Abort):  # Click's usage errors: usage line, exit 2
+            raise
         except UserError as exc:
             _fail(f"[red]error:[/red] {exc}", 2)
         except KeyboardInterrupt:
-            _fail("interrupted: finished stages and the last epoch checkpoint are kept; rerun the same command "
-                  "to resume", 130)
+            _fail(f"interrupted: {RESUME}", 130)
+        except Terminated:
+            _fail(f"terminated (SIGTERM): {RESUME}", 143)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if message := _disk_full(exc):
+                _fail(message, 2)
             _fail(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
 
 
@@ -214,7 +274,12 @@ for _name in runner_mod.available():
     app.command(_name)(_stage_command(_name))
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 
 

@@ -20,116 +20,126 @@ from pipeline.errors import UserError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def check(default, *, ge=None, gt=None, le=None, lt=None, choices=None):
+    """A dataclass field with its allowed range or choices, checked when a config is built."""
+    rule = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("choices", choices)) if v is not None}
+    return field(default=default, metadata=rule)
+
+
+FRACTION = {"gt": 0.0, "lt": 1.0}
+AUGMENT = ("none", "crop", "crop_flip")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "fashion_mnist"
     root: str = ""
     download: bool = True
-    val_fraction: float = 0.1
-    augment: str = "crop_flip"
-    train_subset: int = 0
-    synthetic_train: int = 1024
-    synthetic_test: int = 256
-    synthetic_classes: int = 4
-    synthetic_size: int = 16
-    synthetic_channels: int = 1
+    val_fraction: float = check(0.1, **FRACTION)
+    augment: str = check("crop_flip", choices=AUGMENT)
+    train_subset: int = check(0, ge=0)
+    synthetic_train: int = check(1024, ge=1)
+    synthetic_test: int = check(256, ge=1)
+    synthetic_classes: int = check(4, ge=2)
+    synthetic_size: int = check(16, ge=8)
+    synthetic_channels: int = check(1, choices=(1, 3))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     arch: str = "resnet20"
-    width: float = 1.0
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 0.2
-    momentum: float = 0.9
+    width: float = check(1.0, gt=0.0)
+    epochs: int = check(8, ge=1)
+    batch_size: int = check(128, ge=1)
+    lr: float = check(0.2, gt=0.0)
+    momentum: float = check(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup_fraction: float = 0.15
-    label_smoothing: float = 0.0
-    precision: str = "auto"
+    weight_decay: float = check(5e-4, ge=0.0)
+    schedule: str = check("onecycle", choices=("onecycle", "cosine"))
+    warmup_fraction: float = check(0.15, ge=0.0, lt=1.0)
+    label_smoothing: float = check(0.0, ge=0.0, lt=1.0)
+    precision: str = check("auto", choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = True
-    eval_batch_size: int = 1000
+    eval_batch_size: int = check(1000, ge=1)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = 17
-    parity_images: int = 1000
-    max_abs_diff: float = 1e-3
-    min_top1_agreement: float = 1.0
+    opset: int = check(17, ge=13, le=21)
+    parity_images: int = check(1000, ge=1)
+    max_abs_diff: float = check(1e-3, gt=0.0)
+    min_top1_agreement: float = check(1.0, gt=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
 class SimplifyConfig:
-    tool: str = "auto"
+    tool: str = check("auto", choices=("auto", "onnxsim", "onnxslim"))
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    calibration_images: int = 512
-    method: str = "MinMax"
+    calibration_images: int = check(512, ge=1)
+    method: str = check("MinMax", choices=("MinMax", "Entropy", "Percentile"))
     per_channel: bool = True
-    targets: tuple[str, ...] = ("x86", "arm", "dynamic")
-    tflite: tuple[str, ...] = ("fp32", "fp16", "int8")
-    max_drop: float = 1.0
-    eval_batch_size: int = 500
+    targets: tuple[str, ...] = check(("x86", "arm", "dynamic"), choices=("x86", "arm", "dynamic"))
+    tflite: tuple[str, ...] = check(("fp32", "fp16", "int8"), choices=("fp32", "fp16", "int8"))
+    max_drop: float = check(1.0, ge=0.0, le=100.0)
+    eval_batch_size: int = check(500, ge=1)
 
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    stages: tuple[int, ...] = (1,)
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 0.05
-    train_subset: int = 20000
-    ce_weight: float = 1.0
-    kl_weight: float = 1.0
-    feat_weight: float = 1.0
-    temperature: float = 4.0
+    stages: tuple[int, ...] = check((1,), ge=0)
+    epochs: int = check(2, ge=1)
+    batch_size: int = check(128, ge=1)
+    lr: float = check(0.05, gt=0.0)
+    train_subset: int = check(20000, ge=0)
+    ce_weight: float = check(1.0, ge=0.0)
+    kl_weight: float = check(1.0, ge=0.0)
+    feat_weight: float = check(1.0, ge=0.0)
+    temperature: float = check(4.0, gt=0.0)
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     method: str = "ama"
-    temperature: float = 4.0
-    ce_weight: float = 1.0
-    kd_weight: float = 1.0
-    hint_weight: float = 1.0
-    at_weight: float = 1000.0
-    hint_loss: str = "mse"
+    temperature: float = check(4.0, gt=0.0)
+    ce_weight: float = check(1.0, ge=0.0)
+    kd_weight: float = check(1.0, ge=0.0)
+    hint_weight: float = check(1.0, ge=0.0)
+    at_weight: float = check(1000.0, ge=0.0)
+    hint_loss: str = check("mse", choices=("mse", "smooth_l1"))
     joint: bool = False
     baseline: bool = True
-    augment: str = "none"
+    augment: str = check("none", choices=AUGMENT)
     cache: bool = True
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     methods: tuple[str, ...] = ("student", "kd", "fitnets", "at", "ama")
-    seeds: int = 3
-    target_top1: float = 0.88
+    seeds: int = check(3, ge=1)
+    target_top1: float = check(0.88, **FRACTION)
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    threads: int = 0
-    warmup_runs: int = 20
-    min_runs: int = 200
-    min_seconds: float = 2.0
-    throughput_batch: int = 64
-    throughput_seconds: float = 1.0
-    eval_images: int = 0
-    eval_batch: int = 256
-    max_drop: float = 0.5
-    timeout_s: float = 1800.0
+    threads: int = check(0, ge=0)
+    warmup_runs: int = check(20, ge=0)
+    min_runs: int = check(200, ge=1)
+    min_seconds: float = check(2.0, ge=0.0)
+    throughput_batch: int = check(64, ge=1)
+    throughput_seconds: float = check(1.0, ge=0.0)
+    eval_images: int = check(0, ge=0)
+    eval_batch: int = check(256, ge=1)
+    max_drop: float = check(0.5, ge=0.0, le=100.0)
+    timeout_s: float = check(1800.0, gt=0.0)
 
 
 @dataclass(frozen=True)
 class BundleConfig:
     formats: tuple[str, ...] = ("tflite_fp32", "tflite_fp16", "tflite_int8")
-    images: int = 1000
+    images: int = check(1000, ge=0)
     runtime: str = "tflite-runtime==2.14.0"
 
 
@@ -139,16 +149,16 @@ class AndroidConfig:
     serial: str = ""
     binary: str = "/data/local/tmp/benchmark_model"
     remote_dir: str = "/data/local/tmp"
-    threads: int = 4
-    delegate: str = "xnnpack"
-    num_runs: int = 200
-    warmup_runs: int = 20
-    timeout_s: float = 600.0
+    threads: int = check(4, ge=1)
+    delegate: str = check("xnnpack", choices=("xnnpack", "gpu", "nnapi", "none"))
+    num_runs: int = check(200, ge=1)
+    warmup_runs: int = check(20, ge=0)
+    timeout_s: float = check(600.0, gt=0.0)
 
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = 0
+    seed: int = check(0, ge=0)
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TrainConfig = field(default_factory=TrainConfig)
@@ -211,9 +221,27 @@ def _coerce(key: str, value, hint):
     raise UserError(f"config key '{key}' expects {hint.__name__}, got {value!r}")
 
 
+_RULES = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+          "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+def _check_range(key: str, value, rule: dict) -> None:
+    """Raise if ``value`` (or any item of a list value) breaks the field's declared range or choices."""
+    for item in value if isinstance(value, tuple) else (value,):
+        if "choices" in rule and item not in rule["choices"]:
+            valid = ", ".join(map(str, rule["choices"]))
+            close = difflib.get_close_matches(str(item), map(str, rule["choices"]), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"config key '{key}' = {item!r} is not allowed{hint}; use one of: {valid}")
+        if any(n in rule and not ok(item, rule[n]) for n, (ok, _) in _RULES.items()):
+            allowed = " and ".join(f"{sym} {rule[n]}" for n, (_, sym) in _RULES.items() if n in rule)
+            raise UserError(f"config key '{key}' = {item!r} is out of range; it must be {allowed}")
+
+
 def _build(cls: type, values: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     kwargs = {}
     for key, value in values.items():
         full = prefix + str(key)
@@ -226,6 +254,7 @@ def _build(cls: type, values: dict, prefix: str = ""):
             kwargs[key] = _build(hint, value, full + ".")
         else:
             kwargs[key] = _coerce(full, value, hint)
+            _check_range(full, kwargs[key], fields[key].metadata)
     return cls(**kwargs)
 
 
@@ -254,6 +283,8 @@ def resolve_path(name_or_path: str) -> Path:
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file; give a YAML config file") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
     if not isinstance(data, dict):

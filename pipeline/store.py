@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -16,6 +18,32 @@ from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: files we create get the user's usual mode, not mkstemp's 0600
+FILE_MODE = 0o666 & ~_UMASK
+
+
+def free_space(folder: Path) -> str:
+    """Free space on the disk that holds ``folder`` (or its nearest existing parent), human-readable."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    return f"{free / 2**30:.1f} GB" if free >= 2**30 else f"{free / 2**20:.1f} MB" if free >= 2**20 else \
+        f"{free / 2**10:.0f} KB"
+
+
+def _as_disk_full(exc: BaseException, path: Path) -> BaseException:
+    """A write that failed because the disk is full, as OSError(ENOSPC) naming ``path``; else ``exc``.
+
+    Libraries hide ENOSPC behind their own errors (torch.save: "unexpected pos ... vs ..."), so a failed write
+    on a disk with (almost) nothing left counts as full.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(exc.errno, os.strerror(exc.errno), str(path))
+    if isinstance(exc, Exception) and shutil.disk_usage(path.parent).free < (1 << 20):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return exc
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
@@ -24,14 +52,17 @@ def atomic_write(path: Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if (full := _as_disk_full(exc, path)) is not exc:
+            raise full from exc
         raise
     return path
 
@@ -49,9 +80,12 @@ def atomic_path(path: Path):
     try:
         yield tmp
         os.replace(tmp, path)
-    finally:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if (full := _as_disk_full(exc, path)) is not exc:
+            raise full from exc
+        raise
 
 
 def sha256(path: Path) -> str:

@@ -61,3 +61,29 @@ def test_section_hash_changes_with_content():
     b = config.load("smoke", ["teacher.epochs=9"])
     assert config.section_hash(a.teacher) != config.section_hash(b.teacher)
     assert config.section_hash(a.data) == config.section_hash(b.data)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("teacher.epochs=-3", "'teacher.epochs' = -3 is out of range; it must be >= 1"),
+    ("teacher.batch_size=0", "'teacher.batch_size' = 0 is out of range; it must be >= 1"),
+    ("student.lr=0", "'student.lr' = 0.0 is out of range; it must be > 0.0"),
+    ("data.val_fraction=1.5", "'data.val_fraction' = 1.5 is out of range; it must be > 0.0 and < 1.0"),
+    ("distill.temperature=-1", "'distill.temperature' = -1.0 is out of range; it must be > 0.0"),
+    ("teacher.schedule=cosin", "'teacher.schedule' = 'cosin' is not allowed (did you mean 'cosine'?)"),
+    ("quantize.targets=[x86, arn]", "'quantize.targets' = 'arn' is not allowed"),
+    ("adapt.stages=[-1]", "'adapt.stages' = -1 is out of range"),
+])
+def test_out_of_range_values_name_the_key_value_and_range(item, message):
+    with pytest.raises(UserError) as info:
+        config.load("smoke", [item])
+    assert message in str(info.value)
+
+
+def test_edges_of_a_range_are_accepted():
+    cfg = config.load("smoke", ["data.train_subset=0", "benchmark.max_drop=0", "teacher.momentum=0"])
+    assert cfg.data.train_subset == 0 and cfg.benchmark.max_drop == 0.0
+
+
+def test_a_binary_file_as_config_is_a_clear_error():
+    with pytest.raises(UserError, match="not a text file"):
+        config.load("/bin/ls")
