@@ -23,7 +23,7 @@ err_console = Console(stderr=True)
 
 # Global options and whether they take a value; accepted before or after the sub-command.
 GLOBAL_OPTIONS = {"-c": True, "--config": True, "-s": True, "--set": True, "-r": True, "--run-dir": True,
-                  "--debug": False}
+                  "--cache-dir": True, "--debug": False}
 RESUME = "finished stages and the last epoch checkpoint are kept; rerun the same command to resume"
 
 
@@ -110,6 +110,7 @@ class State:
     config: Optional[str] = None
     overrides: list[str] = []
     run_dir: Optional[Path] = None
+    cache_dir: Optional[Path] = None
     debug: bool = False
 
 
@@ -124,9 +125,12 @@ def main_options(
                                                       "(repeatable).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Run folder "
                                                     "(default runs/<config name>).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Run-cache folder, may be shared by "
+                                                      "runs (default <run folder>/.cache).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ):
     STATE.config, STATE.overrides, STATE.run_dir, STATE.debug = config, list(set_ or []), run_dir, debug
+    STATE.cache_dir = cache_dir
 
 
 def _setup():
@@ -136,7 +140,7 @@ def _setup():
 
     cfg = config_mod.load(STATE.config or "default", STATE.overrides)
     name = Path(STATE.config).stem if STATE.config else "default"
-    run = RunDir(STATE.run_dir or Path("runs") / name)
+    run = RunDir(STATE.run_dir or Path("runs") / name, STATE.cache_dir)
     return cfg, run
 
 
@@ -179,17 +183,30 @@ def _print_report() -> None:
 
 @app.command()
 def status():
-    """Each stage: done, stale or missing; when it finished and how long it took."""
+    """Each stage: done, stale or missing; when it finished, how long it took, variants in the run-cache."""
     from rich.table import Table
 
     cfg, run = _setup()
     table = Table(title=f"run {run.root}")
-    for col in ("stage", "state", "finished", "took"):
+    for col in ("stage", "state", "finished", "took", "cached"):
         table.add_column(col)
     colours = {"done": "green", "stale": "yellow", "missing": "red"}
-    for name, state, finished, took in runner_mod.Runner(cfg, run, console).status_rows():
-        table.add_row(name, f"[{colours[state]}]{state}[/]", finished, took)
+    for name, state, finished, took, cached in runner_mod.Runner(cfg, run, console).status_rows():
+        table.add_row(name, f"[{colours[state]}]{state}[/]", finished, took, cached)
     console.print(table)
+    console.print(f"run-cache: {run.cache.root} ({run.cache.size() / 2**20:.1f} MB; 'compress gc' frees it)",
+                  highlight=False)
+
+
+@app.command()
+def gc(keep: Annotated[int, typer.Option(min=0, help="Cached variants to keep per stage, newest first (the one "
+                                         "the run folder uses is always kept).")] = 0):
+    """Free the run-cache: keep only what the run folder uses (and the --keep newest variants of each stage)."""
+    cfg, run = _setup()
+    with run.locked():
+        current = {name: e["fingerprint"] for name, e in run.manifest()["stages"].items() if "fingerprint" in e}
+        removed, freed = run.cache.gc(keep, current)
+    console.print(f"removed {removed} cached variant(s), freed {freed / 2**20:.1f} MB", highlight=False)
 
 
 @app.command("config")

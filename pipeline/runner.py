@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 import pipeline
-from pipeline import config as config_mod
+from pipeline import codegraph, config as config_mod
 from pipeline.errors import UserError
 from pipeline.store import RunDir, atomic_write, file_record, sha256
 
@@ -32,6 +32,15 @@ def available() -> list[str]:
 
 def load_stage(name: str):
     return importlib.import_module(f"stages.{name}")
+
+
+def upstream(mod, cfg) -> tuple[str, ...]:
+    """The stages ``mod`` reads from: its ``upstream(cfg)`` where what it reads depends on the config."""
+    return tuple(mod.upstream(cfg)) if hasattr(mod, "upstream") else mod.UPSTREAM
+
+
+def sections(mod, cfg) -> tuple[str, ...]:
+    return tuple(mod.sections(cfg)) if hasattr(mod, "sections") else mod.SECTIONS
 
 
 @dataclass
@@ -97,15 +106,15 @@ class Runner:
         self.stages = available()
 
     def fingerprint(self, name: str, manifest: dict) -> str:
+        """Stage name + the source of every module of ours it imports + its config sections + its inputs."""
         mod = load_stage(name)
-        source = Path(mod.__file__).read_bytes()
         payload = {
             "stage": name,
-            "code": hashlib.sha256(source).hexdigest(),
+            "code": [hashlib.sha256(Path(mod.__file__).read_bytes()).hexdigest(), codegraph.code_hash(mod.__name__)],
             "version": pipeline.__version__,
-            "config": {s: _as_json(self.cfg.section(s)) for s in mod.SECTIONS},
+            "config": {s: _as_json(self.cfg.section(s)) for s in sections(mod, self.cfg)},
             "inputs": {up: [o["sha256"] for o in manifest["stages"].get(up, {}).get("outputs", [])]
-                       for up in mod.UPSTREAM},
+                       for up in upstream(mod, self.cfg)},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -126,7 +135,7 @@ class Runner:
         entry = manifest["stages"].get(name)
         if not entry:
             return "missing"
-        if any(known[up] != "done" for up in load_stage(name).UPSTREAM if up in known):
+        if any(known[up] != "done" for up in upstream(load_stage(name), self.cfg) if up in known):
             return "stale"
         if entry.get("fingerprint") != self.fingerprint(name, manifest):
             return "stale"
@@ -161,12 +170,27 @@ class Runner:
             if name not in forced and states[name] == "done":
                 self.console.print(f"[dim]{name}: up to date, skipped[/dim]")
                 continue
-            self._run_stage(name, self.run.manifest())
+            manifest = self.run.manifest()
+            fingerprint = self.fingerprint(name, manifest)
+            cached = None if name in forced else self.run.cache.lookup(name, fingerprint)
+            if cached is not None:
+                self._restore(name, cached)
+            else:
+                self._run_stage(name, fingerprint)
             states = self.states(self.run.manifest())  # what ran changes what comes after it
 
-    def _run_stage(self, name: str, manifest: dict) -> None:
+    def _restore(self, name: str, entry: dict) -> None:
+        """A stage seen before with the same fingerprint: its outputs come back from the run-cache."""
+        if is_main_process():
+            self.run.cache.restore(entry, self.run.root)
+            self.run.record(name, {**entry, "restored": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            self.console.print(f"{name}: restored from the run-cache (first run {entry['finished']}, "
+                               f"{entry['seconds']:.1f} s of work saved)")
+        _barrier()
+
+    def _run_stage(self, name: str, fingerprint: str) -> None:
         mod = load_stage(name)
-        ctx = Context(self.cfg, self.run, name, self.fingerprint(name, manifest), self.console, self.debug)
+        ctx = Context(self.cfg, self.run, name, fingerprint, self.console, self.debug)
         self.console.rule(f"[bold]{name}")
         started = time.time()
         outputs = mod.run(ctx)
@@ -179,13 +203,15 @@ class Runner:
                 "metrics": ctx.metrics,
                 "env": _env(),
             }
+            self.run.cache.save(name, entry, self.run.root)
             self.run.record(name, entry)
             self.console.print(f"{name}: done in {entry['seconds']:.1f} s")
         elif ctx._scratch is not None:
             shutil.rmtree(ctx._scratch, ignore_errors=True)
         _barrier()
 
-    def status_rows(self) -> list[tuple[str, str, str, str]]:
+    def status_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """stage, state, finished, took, number of variants in the run-cache."""
         manifest = self.run.manifest()
         states = self.states(manifest)
         rows = []
@@ -193,7 +219,7 @@ class Runner:
             entry = manifest["stages"].get(name, {})
             seconds = entry.get("seconds")
             rows.append((name, states[name], entry.get("finished", "-"),
-                         f"{seconds:.1f} s" if seconds is not None else "-"))
+                         f"{seconds:.1f} s" if seconds is not None else "-", str(len(self.run.cache.variants(name)))))
         return rows
 
 

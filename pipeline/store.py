@@ -103,9 +103,11 @@ def file_record(path: Path, root: Path) -> dict:
 class RunDir:
     """``runs/<name>/``: one folder per stage, config.yaml and manifest.json at the top."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, cache_dir: Path | None = None):
+        from pipeline.runcache import RunCache
+
         self.root = Path(root)
-        self._lock_fh = None
+        self.cache = RunCache(cache_dir or self.root / ".cache")
 
     def stage_dir(self, stage: str) -> Path:
         path = self.root / stage

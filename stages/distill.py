@@ -9,6 +9,21 @@ SECTIONS = ("seed", "device", "data", "teacher", "student", "adapt", "distill")
 UPSTREAM = ("teacher", "adapt")
 
 
+def _needs_adapt(cfg) -> bool:
+    from pipeline import distillers
+
+    return distillers.needs(cfg.distill.method) == "adapted"
+
+
+def upstream(cfg) -> tuple[str, ...]:
+    """The adapt stage's module matters only to methods that distill through it."""
+    return UPSTREAM if _needs_adapt(cfg) else ("teacher",)
+
+
+def sections(cfg) -> tuple[str, ...]:
+    return SECTIONS if _needs_adapt(cfg) else tuple(s for s in SECTIONS if s != "adapt")
+
+
 def _save(ctx, run: dict, name: str, cfg, ds) -> list[Path]:
     from pipeline import models
 
@@ -27,8 +42,7 @@ def run(ctx) -> list[Path]:
     distillers.check(method)
     ds = data.load(cfg.data, cfg.seed)
     teacher = load_teacher(ctx.input("teacher", "model.pt"), cfg, ds)
-    adapted = load_adapted_for(ctx.input("adapt", "adapted.pt"), cfg, teacher, ds) \
-        if distillers.needs(method) == "adapted" else None
+    adapted = load_adapted_for(ctx.input("adapt", "adapted.pt"), cfg, teacher, ds) if _needs_adapt(cfg) else None
     common = {"console": ctx.console}
     runs = {"student": train_student(cfg, method, cfg.seed, ds, teacher, adapted, ctx.dir / "student",
                                      fingerprint=ctx.fingerprint, label=f"distill {method}", **common)}

@@ -1,0 +1,114 @@
+"""The run-cache (finished work restored by fingerprint), `compress gc`, and fingerprints that see code."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from pipeline import codegraph, config, runner as runner_mod
+from pipeline.store import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _outputs(run: Path, stage: str) -> dict[str, bytes]:
+    entry = json.loads((run / "manifest.json").read_text())["stages"][stage]
+    return {o["path"]: (run / o["path"]).read_bytes() for o in entry["outputs"]}
+
+
+def test_setting_a_then_b_then_a_again_restores_a_without_training(cli, smoke_run, tmp_path):
+    run = tmp_path / "run"
+    first = cli(*smoke_run, "teacher")
+    assert first.exit_code == 0 and "teacher epoch" in first.output
+    a = _outputs(run, "teacher")
+    second = cli(*smoke_run, "--set", "data.augment=crop", "teacher")
+    assert second.exit_code == 0 and "teacher epoch" in second.output
+    assert _outputs(run, "teacher") != a
+    third = cli(*smoke_run, "teacher")
+    assert third.exit_code == 0, third.output
+    assert "teacher epoch" not in third.output and "restored from the run-cache" in third.output
+    assert _outputs(run, "teacher") == a  # byte-identical to the first run
+    status = cli(*smoke_run, "status")
+    assert "done" in status.output and "run-cache" in status.output
+    row = next(line for line in status.output.splitlines() if line.startswith("│ teacher"))
+    assert row.rstrip(" │").endswith("2")  # two cached variants of the teacher
+
+
+def test_force_reruns_instead_of_restoring(cli, smoke_run):
+    assert cli(*smoke_run, "teacher").exit_code == 0
+    forced = cli(*smoke_run, "teacher", "--force", "teacher")
+    assert "teacher: done in" in forced.output and "restored" not in forced.output
+
+
+def test_a_cached_file_edited_in_place_is_not_restored(cli, smoke_run, tmp_path):
+    assert cli(*smoke_run, "teacher").exit_code == 0
+    metrics = tmp_path / "run/teacher/metrics.jsonl"
+    with open(metrics, "a") as fh:  # in place: the cache's hard link sees the edit too
+        fh.write("{}\n")
+    again = cli(*smoke_run, "teacher")
+    assert again.exit_code == 0 and "teacher: done in" in again.output and "restored" not in again.output
+    assert cli(*smoke_run, "--set", "teacher.lr=0.05", "teacher").exit_code == 0
+    healed = cli(*smoke_run, "teacher")  # the entry was re-saved with good content
+    assert "restored from the run-cache" in healed.output
+
+
+def test_gc_keeps_what_the_run_uses_and_says_what_it_freed(cli, smoke_run, tmp_path):
+    for lr in ("0.1", "0.05", "0.02"):
+        assert cli(*smoke_run, "--set", f"teacher.lr={lr}", "teacher").exit_code == 0
+    cache = RunDir(tmp_path / "run").cache
+    assert len(cache.variants("teacher")) == 3
+    kept = cli(*smoke_run, "gc", "--keep", "2")
+    assert kept.exit_code == 0 and "removed 1 cached variant(s), freed" in kept.output
+    assert len(cache.variants("teacher")) == 2
+    result = cli(*smoke_run, "gc")
+    assert "removed 1 cached variant(s)" in result.output
+    (only,) = cache.variants("teacher")
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert only["fingerprint"] == manifest["stages"]["teacher"]["fingerprint"]
+    freed = float(result.output.split("freed ")[1].split(" MB")[0])
+    assert freed > 0  # the dropped variant's checkpoint lived only in the cache
+
+
+def test_a_shared_cache_dir_serves_another_run_folder(cli, tmp_path):
+    shared = ["-c", "smoke", "--cache-dir", str(tmp_path / "cache")]
+    assert cli(*shared, "-r", str(tmp_path / "one"), "teacher").exit_code == 0
+    other = cli(*shared, "-r", str(tmp_path / "two"), "teacher")
+    assert "restored from the run-cache" in other.output
+    assert _outputs(tmp_path / "two", "teacher") == _outputs(tmp_path / "one", "teacher")
+
+
+def test_import_graph_of_the_stages():
+    quantize = codegraph.closure("stages.quantize")
+    teacher = codegraph.closure("stages.teacher")
+    assert "pipeline.ort_quant" in quantize and "pipeline.ort_quant" not in teacher
+    assert {"pipeline.engine", "pipeline.data", "pipeline.models"} <= set(teacher)
+    assert "pipeline.distillers.ama" in codegraph.closure("stages.distill")  # loaded by name from a registry
+    assert "deploy.runner" in codegraph.closure("stages.benchmark")
+
+
+def test_editing_a_helper_only_quantize_uses_makes_only_quantize_and_benchmark_stale(tmp_path, monkeypatch):
+    copy = tmp_path / "src"
+    for pkg in codegraph.PACKAGES:
+        shutil.copytree(ROOT / pkg, copy / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codegraph, "ROOT", copy)
+    r = runner_mod.Runner(config.load("smoke"), RunDir(tmp_path / "run"), Console(quiet=True))
+    manifest = {"stages": {}}
+    for name in r.stages:  # every stage done, as far as fingerprints go
+        manifest["stages"][name] = {"fingerprint": r.fingerprint(name, manifest), "outputs": []}
+    assert set(r.states(manifest).values()) == {"done"}
+    helper = copy / "pipeline" / "ort_quant.py"
+    helper.write_text(helper.read_text() + "\n# an edit\n")
+    codegraph._closure.cache_clear()
+    stale = [name for name, state in r.states(manifest).items() if state != "done"]
+    assert stale == ["quantize", "benchmark"]
+
+
+def test_distill_depends_on_adapt_only_for_methods_that_need_it(tmp_path):
+    fake = {"stages": {"teacher": {"outputs": [{"sha256": "t"}]}, "adapt": {"outputs": [{"sha256": "a"}]}}}
+    changed = {"stages": {**fake["stages"], "adapt": {"outputs": [{"sha256": "b"}]}}}
+    for method, depends in (("kd", False), ("student", False), ("ama", True)):
+        cfgs = [config.load("smoke", [f"distill.method={method}", f"adapt.lr={lr}"]) for lr in (0.05, 0.01)]
+        prints = {runner_mod.Runner(c, RunDir(tmp_path / "run"), Console(quiet=True)).fingerprint("distill", m)
+                  for c in cfgs for m in (fake, changed)}
+        assert (len(prints) > 1) == depends, method
