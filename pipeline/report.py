@@ -137,23 +137,31 @@ def _fmt(value, spec: str = ".3f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
-COLUMNS = ("artifact", "device", "top-1 %", "drop (pts)", "p50 ms", "p90 ms", "speedup vs eager", "p50 all cores",
-           "img/s", "size KiB", "peak RSS MB")
+COLUMNS = ("artifact", "device", "top-1 %", "images", "drop (pts)", "p50 ms", "p90 ms", "speedup vs eager",
+           "p50 all cores", "img/s", "size KiB", "peak RSS MB")
 
 
 SHORT = {"top-1 %": "top-1 %", "drop (pts)": "drop", "speedup vs eager": "x eager", "size KiB": "KiB"}
 
 
 def cells(row: dict, best: dict) -> list[str]:
+    """One table row; a failed artifact says only "failed" (its reason goes under the table, see failures)."""
     name = row["artifact"] + (" *" if best.get(row["device"]) == row["artifact"] else "")
     if row["status"] != "ok":
-        return [name, row["device"], "failed: " + str(row.get("reason", ""))[:90]] + ["-"] * (len(COLUMNS) - 3)
+        return [name, row["device"], "failed"] + ["-"] * (len(COLUMNS) - 3)
     lat, allc = row["latency"]["one_thread"], row["latency"].get("all_cores", {})
     return [name, row["device"], _fmt(100 * row["top1"] if row.get("top1") is not None else None, ".2f"),
-            _fmt(row.get("drop_pts"), "+.2f"), _fmt(lat["p50_ms"]), _fmt(lat.get("p90_ms")),
+            _fmt(row.get("images"), "d"), _fmt(row.get("drop_pts"), "+.2f"), _fmt(lat["p50_ms"]),
+            _fmt(lat.get("p90_ms")),
             _fmt(row.get("speedup"), ".1f", "x"), _fmt(allc.get("p50_ms")),
             _fmt(row.get("throughput", {}).get("images_per_s"), ".0f"),
             _fmt(row["bytes"] / 1024 if row.get("bytes") else None, ".1f"), _fmt(row.get("peak_rss_mb"), ".0f")]
+
+
+def failures(rows: list[dict]) -> list[str]:
+    """Why each failed artifact failed, one line each, for under the table."""
+    return [f"{r['artifact']} ({r['device']}): {r.get('reason') or 'no reason recorded'}"
+            for r in rows if r["status"] != "ok"]
 
 
 def story(rows: list[dict], device: str) -> list[str]:
@@ -188,6 +196,8 @@ def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
         out.append(f"Device {dm['device']}: {dm.get('cpu', '?')}, {dm.get('cores', '?')} cores, {dm.get('os', '?')}.")
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(cells(r, best)) + " |" for r in rows]
+    if failed := failures(rows):
+        out += ["", "Failed:", ""] + [f"- {line}" for line in failed]
     out += ["", "## What it says", ""] + story(rows, m["device"])
     out += [f"- Recommended on {dev}: **{art}**." for dev, art in best.items()] or ["- No artifact is within "
                                                                                    f"{max_drop} points."]
@@ -196,33 +206,70 @@ def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
 
 # --- the plot, the files, the merge --------------------------------------------------------------------------
 
+# Offsets (points) tried, in order, for a point's number: the first that overlaps no other number or point wins.
+_OFFSETS = [(5, 4), (5, -11), (-13, 4), (-13, -11), (5, 14), (-13, 14), (5, -21), (-13, -21), (16, 4), (-24, 4)]
+
+
+def _place_numbers(ax, xy: list[tuple[float, float]]) -> list[tuple[int, int]]:
+    """An offset for each point's number so that numbers overlap neither each other nor the points."""
+    pix = ax.transData.transform(xy)
+    scale = ax.figure.dpi / 72.0
+    taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in pix]  # the markers themselves
+
+    def box(px, py, dx, dy):
+        return (px + dx * scale, py + dy * scale, px + (dx + 11) * scale, py + (dy + 8) * scale)
+
+    placed = []
+    for px, py in pix:
+        free = (o for o in _OFFSETS if not any(_overlap(box(px, py, *o), t) for t in taken))
+        offset = next(free, _OFFSETS[0])
+        taken.append(box(px, py, *offset))
+        placed.append(offset)
+    return placed
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
-    """Latency (log) against top-1: one point per artifact and device, the front drawn, the pick starred."""
+    """Latency (log) against top-1: one numbered point per artifact and device, the key to the numbers beside
+    the plot (names do not fit beside points that nearly coincide), the front drawn, the pick starred."""
     from pipeline.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 6))
-    pts = [r for r in rows if r["status"] == "ok" and r.get("top1") is not None]
+    fig, (ax, key) = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [3, 1.15]})
+    pts = sorted((r for r in rows if r["status"] == "ok" and r.get("top1") is not None), key=_p50)
     markers = dict(zip(sorted({r["device"] for r in pts}), "osD^vP<>"))
     for r in pts:
         ax.scatter(_p50(r), 100 * r["top1"], marker=markers[r["device"]], s=45,
                    color="tab:red" if r["runtime"] == "torch" else "tab:blue")
-        ax.annotate(r["artifact"], (_p50(r), 100 * r["top1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    handles = []
     for device, marker in markers.items():
         front = pareto_front([r for r in pts if r["device"] == device])
-        ax.step([_p50(r) for r in front], [100 * r["top1"] for r in front], "--", where="post", alpha=0.6,
-                label=f"Pareto front, {device}")  # staircase: between points the faster one's accuracy holds
+        handles += ax.step([_p50(r) for r in front], [100 * r["top1"] for r in front], "--", where="post",
+                           alpha=0.6, label=f"Pareto front, {device}")  # staircase: the faster one's accuracy holds
         pick = next((r for r in pts if r["device"] == device and best.get(device) == r["artifact"]), None)
         if pick:
-            ax.scatter(_p50(pick), 100 * pick["top1"], marker="*", s=300, color="gold", edgecolor="black",
-                       zorder=5, label=f"recommended on {device}: {pick['artifact']}")
+            handles.append(ax.scatter(_p50(pick), 100 * pick["top1"], marker="*", s=300, color="gold",
+                                      edgecolor="black", zorder=5, label=f"recommended on {device}"))
     if pts:
         ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.12)
     ax.set(xlabel="latency p50, batch 1, one thread (ms, log scale)", ylabel="top-1 accuracy (%)",
            title="accuracy against latency (red: PyTorch eager)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    xy = [(_p50(r), 100 * r["top1"]) for r in pts]
+    for i, ((x, y), offset) in enumerate(zip(xy, _place_numbers(ax, xy)), 1):
+        ax.annotate(str(i), (x, y), xytext=offset, textcoords="offset points", fontsize=8, fontweight="bold")
+    key.axis("off")
+    several = len(markers) > 1
+    lines = [f"{i:>2}  {r['artifact']}" + (f" ({r['device']})" if several else "")
+             + f"  {100 * r['top1']:.2f}%  {_p50(r):.3g} ms" for i, r in enumerate(pts, 1)]
+    key.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=7.5, transform=key.transAxes)
+    if handles:
+        key.legend(handles=handles, fontsize=7.5, loc="lower left", frameon=False)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
@@ -275,22 +322,24 @@ def add(run, files: list[Path], max_drop: float) -> list[Path]:
 
 
 def rich_table(bench_dir: Path, max_drop: float):
-    """The report table for the terminal (``compress all`` ends with it)."""
+    """The report table for the terminal (``compress all`` ends with it), failed artifacts' reasons under it."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     doc = load_results(Path(bench_dir) / "results.json")
     extras = [d for d in device_docs(bench_dir) if d["run"]["run_id"] == doc["run"]["run_id"]]
     rows = table(doc, extras)
     best = recommended(rows, max_drop)
     # a terminal is narrow: the columns that decide, the device only when there are several
-    keep = [0, 2, 3, 4, 5, 6, 9] if len({r["device"] for r in rows}) == 1 else [0, 1, 2, 3, 4, 6, 9]
+    names = ("artifact", "top-1 %", "images", "drop (pts)", "p50 ms", "p90 ms", "speedup vs eager", "size KiB")
+    if len({r["device"] for r in rows}) > 1:
+        names = ("artifact", "device", "top-1 %", "images", "drop (pts)", "p50 ms", "speedup vs eager", "size KiB")
+    keep = [COLUMNS.index(n) for n in names]
     out = Table(title=f"benchmark (run {doc['run']['run_id']}, batch 1, 1 thread); * = recommended")
     for i in keep:
         out.add_column(SHORT.get(COLUMNS[i], COLUMNS[i]), justify="left" if i < 2 else "right", no_wrap=i == 0)
     for row in rows:
         full = cells(row, best)
-        if row["status"] != "ok":
-            out.add_row(full[0], *([full[1]] if 1 in keep else []), full[2][:40], style="dim")
-        else:
-            out.add_row(*(full[i] for i in keep))
-    return out
+        out.add_row(*(full[i] for i in keep), style=None if row["status"] == "ok" else "dim")
+    return Group(out, *(Text(f"failed: {line}", style="dim") for line in failures(rows)))
