@@ -243,6 +243,23 @@ def report_cmd(add: Annotated[Optional[list[Path]], typer.Option("--add", help="
     _print_report()
 
 
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (any size or mode).")],
+    artifact: Annotated[Optional[str], typer.Option("--artifact", "-a", help="Model to run (default: the "
+                                                    "recommended one).")] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Classes to show per image.")] = 3,
+):
+    """Classify image files with a model file of the run (resized and normalised from the file's metadata)."""
+    from pipeline import predict as predict_mod
+
+    cfg, run = _setup()
+    name, results = predict_mod.predict(run.root, images, artifact, top, cfg.benchmark.max_drop)
+    console.print(f"[bold]{name}[/bold] ({run.root})", highlight=False)
+    for image, classes in results:
+        console.print(f"{image}: " + ", ".join(f"{c} {p:.1%}" for c, p in classes), highlight=False)
+
+
 @app.command("bundle")
 def bundle_cmd(
     fmt: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="Artifact to pack (repeatable; "

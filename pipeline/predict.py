@@ -1,0 +1,85 @@
+"""``compress predict``: a model file of the run on image files, top-k classes with probabilities.
+
+The model runs through deploy/runner.py's adapters (what the benchmark and the device bundle use), and every
+input setting (size, channels, normalisation, class names) comes from the model file's own metadata, so the
+check is of the file that ships, not of the training code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import formats
+from pipeline.errors import UserError
+
+
+def choose(run_root: Path, artifact: str | None, max_drop: float) -> formats.Format:
+    """The named artifact, else the benchmark's recommendation for this machine."""
+    if artifact is None:
+        from pipeline import report
+
+        results = run_root / "benchmark" / "results.json"
+        if not results.is_file():
+            raise UserError(f"{results} is missing: run 'compress all' first, or name a model with --artifact")
+        doc = report.load_results(results)
+        artifact = report.recommended(report.table(doc), max_drop).get(doc["machine"]["device"])
+        if artifact is None:
+            raise UserError(f"no artifact is within {max_drop} points in {results}; name one with --artifact")
+    fmt = formats.get(artifact)
+    if fmt.runtime == "torch":
+        raise UserError(f"predict runs exported models (ONNX or TFLite), not '{artifact}'; e.g. --artifact onnx_fp32")
+    return fmt
+
+
+def metadata(path: Path, fmt: formats.Format) -> dict:
+    if fmt.runtime == "tflite":
+        from pipeline.tflite_tools import metadata as read
+    else:
+        from pipeline.onnx_tools import metadata as read
+    meta = read(path)
+    if not {"mean", "std", "input_size", "classes"} <= set(meta):
+        raise UserError(f"{path} carries no compress metadata (mean, std, input_size, classes); rebuild it")
+    return meta
+
+
+def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """uint8 C x H x W: any mode converted, the shorter side resized, then the centre cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            h, w = size
+            scale = max(h / img.height, w / img.width)
+            img = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))),
+                             Image.Resampling.BILINEAR)
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            pixels = np.asarray(img.crop((left, top, left + w, top + h)), np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{path} is not an image file that can be read ({type(exc).__name__}); "
+                        "give PNG, JPEG or another common image format") from exc
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def predict(run_root: Path, images: list[Path], artifact: str | None, top: int, max_drop: float):
+    """(artifact name, [(image, [(class, probability), ...]), ...])."""
+    from deploy.runner import OnnxModel, TfliteModel, normalize
+
+    fmt = choose(run_root, artifact, max_drop)
+    path = run_root / fmt.stage / fmt.filename()
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run 'compress all' (or 'compress {fmt.stage}') first")
+    meta = metadata(path, fmt)
+    c, h, w = meta["input_size"] if meta.get("layout", "NCHW") == "NCHW" else np.roll(meta["input_size"], 1)
+    batch = np.stack([load_image(Path(p), c, (h, w)) for p in images])  # every file checked before running
+    model = (TfliteModel if fmt.runtime == "tflite" else OnnxModel)(str(path), 1, (c, h, w))
+    x = normalize(batch, meta["mean"], meta["std"])
+    out = []
+    for image, row in zip(images, x):
+        logits = model.logits(model(model.prepare(row[None])))[0]
+        prob = np.exp(logits - logits.max())
+        prob /= prob.sum()
+        best = np.argsort(-prob)[:top]
+        out.append((image, [(meta["classes"][i], float(prob[i])) for i in best]))
+    return fmt.name, out

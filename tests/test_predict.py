@@ -1,0 +1,34 @@
+"""`compress predict` on image files, against the ONNX model run directly on the same pixels."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import config, data, onnx_tools
+
+
+@pytest.mark.slow
+def test_predict_matches_the_model_and_refuses_a_non_image(cli, smoke_run, tmp_path):
+    assert cli(*smoke_run, "export").exit_code == 0
+    ds = data.load(config.load("smoke").data)
+    files = []
+    for i in range(4):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(ds.test_x[i, 0].numpy()).save(path)  # native size: no resizing
+        files.append(str(path))
+    rgba = tmp_path / "big.png"  # another size and mode: converted, resized and cropped
+    Image.fromarray(np.full((40, 30, 4), 200, np.uint8), "RGBA").save(rgba)
+    result = cli(*smoke_run, "predict", "-a", "onnx_fp32", "-k", "1", *files, str(rgba))
+    assert result.exit_code == 0, result.output
+    onnx = tmp_path / "run/export/onnx_fp32.onnx"
+    expected = onnx_tools.logits(onnx, ds.normalize(ds.test_x[:4].float()).numpy()).argmax(1)
+    lines = [line for line in result.output.splitlines() if line.startswith(str(tmp_path / "img"))]
+    assert [line.split(": ")[1].split()[0] for line in lines] == [ds.classes[k] for k in expected]
+    assert any(line.startswith(str(rgba)) for line in result.output.splitlines())
+
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a picture")
+    bad = cli(*smoke_run, "predict", "-a", "onnx_fp32", str(junk))
+    assert bad.exit_code == 2 and "notes.txt is not an image file" in bad.output
+    assert cli(*smoke_run, "predict", "-a", "onnx_fp33", files[0]).exit_code == 2
+    missing = cli(*smoke_run, "predict", files[0])  # no benchmark yet: nothing is recommended
+    assert missing.exit_code == 2 and "--artifact" in missing.output
