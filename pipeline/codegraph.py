@@ -31,7 +31,8 @@ def module_file(name: str, root: Path) -> Path | None:
     return None
 
 
-def _imported_names(path: Path, name: str) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _imported_names(path: Path, name: str) -> frozenset[str]:
     tree = ast.parse(path.read_bytes(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -49,7 +50,7 @@ def _imported_names(path: Path, name: str) -> set[str]:
             found.add(node.value)  # a module run by name, e.g. [sys.executable, "-m", "pipeline.tf_translate"]
     if path.name == "__init__.py" and "import_module(" in path.read_text():
         found.update(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__")
-    return found
+    return frozenset(found)
 
 
 def closure(module: str) -> dict[str, Path]:

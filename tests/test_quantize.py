@@ -2,6 +2,8 @@
 fallback, bad calibration input, unsupported ops and a missing converter package."""
 from __future__ import annotations
 
+import dataclasses
+
 import onnx
 import pytest
 import torch
@@ -93,7 +95,9 @@ def test_gate_falls_back_to_float_classifier(tmp_path):
 
 
 def test_gate_marks_failed_and_goes_on(tmp_path):
-    cfg = smoke_config(*NO_TFLITE, "quantize.max_drop=-1.0")  # no artifact can pass
+    cfg = smoke_config(*NO_TFLITE)
+    # a gate below zero, which the config refuses, so that no artifact can pass
+    cfg = dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, max_drop=-1.0))
     run = prepared(tmp_path, cfg)
     ctx = quantize(run, cfg)
     assert ctx.error is None  # a gate failure is recorded, not a bad input
@@ -106,7 +110,8 @@ def test_gate_marks_failed_and_goes_on(tmp_path):
 
 def test_empty_calibration_set(good):
     cfg, run, _ = good
-    ctx = quantize(run, smoke_config(*NO_TFLITE, "quantize.calibration_images=0"))
+    cfg = smoke_config(*NO_TFLITE)  # the config refuses 0; the stage must still cope with no images
+    ctx = quantize(run, dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, calibration_images=0)))
     assert isinstance(ctx.error, UserError) and "calibration" in str(ctx.error)
     arts = ctx.metrics["artifacts"]
     assert arts["onnx_int8_x86"]["status"] == "failed" and "empty" in arts["onnx_int8_x86"]["reason"]

@@ -100,6 +100,7 @@ def test_editing_a_helper_only_quantize_uses_makes_only_quantize_and_benchmark_s
     helper = copy / "pipeline" / "ort_quant.py"
     helper.write_text(helper.read_text() + "\n# an edit\n")
     codegraph._closure.cache_clear()
+    codegraph._imported_names.cache_clear()
     stale = [name for name, state in r.states(manifest).items() if state != "done"]
     assert stale == ["quantize", "benchmark"]
 
