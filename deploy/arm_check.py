@@ -74,7 +74,8 @@ def preflight() -> dict:
                         "update-binfmts --enable qemu-aarch64")
     fields = dict(line.split(" ", 1) for line in entry.read_text().splitlines()[1:] if " " in line)
     interpreter = fields.get("interpreter", "").strip()
-    version = _try([interpreter, "--version"])
+    # Debian's *-binfmt-P names only run under binfmt_misc; the file they link to answers --version
+    version = _try([os.path.realpath(interpreter), "--version"])
     found = re.search(r"version (\S+)", version)
     return {"interpreter": interpreter, "qemu": found.group(1) if found else "unknown"}
 
