@@ -76,6 +76,15 @@ def test_cli_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert err.startswith("error: the ARM check needs root") and "\n" not in err
 
 
+def test_compress_bundle_check_arm_without_root_exits_2(tmp_path, monkeypatch, cli):
+    run = RunDir(tmp_path / "run")
+    run.create()
+    (run.stage_dir("quantize") / "tflite_int8.tflite").write_bytes(b"a model file")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    result = cli("-c", "smoke", "-r", str(run.root), "bundle", "--format", "tflite_int8", "--check-arm")
+    assert result.exit_code == 2 and "needs root" in result.output, result.output
+
+
 # --- comparing per image ----------------------------------------------------------------------------------------
 
 def test_compare_counts_images_not_totals():
