@@ -189,9 +189,10 @@ def bundle_cmd(
         _, rows, times = arm_check.check(path, result, log=lambda m: console.print(m, highlight=False))
         console.print(arm_check.summary(rows, times) + f"wrote {result}; merge it: compress report --add {result}",
                       highlight=False, markup=False)
-        for line in arm_check.problems(rows):
+        bad = arm_check.problems(rows)
+        for line in bad:
             console.print(f"FAIL {line}", highlight=False, markup=False)
-        if arm_check.problems(rows):
+        if bad:
             raise typer.Exit(1)
 
 
