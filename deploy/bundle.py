@@ -26,7 +26,7 @@ images), latency at batch 1 with one thread and with every core (warm-up, then a
 {min_seconds} s), p50 / p90 / p99, throughput at batch {batch}, peak resident memory.
 
     python3 -m venv venv && . venv/bin/activate
-    pip install -r requirements.txt      # numpy<2 + {runtime}; ai-edge-litert or onnxruntime work too
+    pip install -r requirements.txt      # numpy<2 + {runtime}
     python runner.py --device my-pi      # writes results.json
 
 Then on the host: `compress report --add results.json` puts this board into report.md and pareto.png.
@@ -55,8 +55,18 @@ def requirements(runtimes: set, tflite_pin: str) -> str:
     if "tflite" in runtimes:
         lines.append(tflite_pin)
     if "onnxruntime" in runtimes:
-        lines.append("onnxruntime")
+        lines.append(_onnxruntime_pin())
     return "\n".join(lines) + "\n"
+
+
+def _onnxruntime_pin() -> str:
+    """The onnxruntime the host measured with, so a board's rows differ from the host's by platform only."""
+    from importlib import metadata
+
+    try:
+        return f"onnxruntime=={metadata.version('onnxruntime')}"
+    except metadata.PackageNotFoundError:
+        return "onnxruntime"
 
 
 def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip_missing: bool = False) -> Path:
@@ -83,7 +93,8 @@ def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip
         n_images = len(ds.test_y) if images <= 0 else min(images, len(ds.test_y))
         text = README.format(run_id=info["run_id"], images=n_images, batch=cfg.benchmark.throughput_batch,
                              min_runs=cfg.benchmark.min_runs, min_seconds=cfg.benchmark.min_seconds,
-                             runtime=cfg.bundle.runtime, models=", ".join(e["artifact"] for e, _ in entries))
+                             runtime=" + ".join(requirements({e["runtime"] for e, _ in entries},
+                                                             cfg.bundle.runtime).split()[1:]), models=", ".join(e["artifact"] for e, _ in entries))
         files = {"bundle.json": json.dumps(spec, indent=2) + "\n", "README.md": text,
                  "requirements.txt": requirements({e["runtime"] for e, _ in entries}, cfg.bundle.runtime)}
         with atomic_path(out) as tmp:

@@ -206,10 +206,13 @@ def summarize(times) -> dict:
             "mean_ms": round(float(ms.mean()), 5), "runs": len(ms)}
 
 
-def evaluate(model, images, labels, mean, std, batch: int) -> dict:
-    """Top-1 (and top-5 above 10 classes) over every image; a partial last batch is padded."""
+def evaluate(model, images, labels, mean, std, batch: int, predictions: bool = False) -> dict:
+    """Top-1 (and top-5 above 10 classes) over every image; a partial last batch is padded. With
+    ``predictions`` the row also carries each image's top-1 class, so two machines can be compared image by
+    image rather than by a count that can hide swaps."""
     batch = batch if model.resize(batch) else 1
     hits1 = hits5 = 0
+    preds = []
     for start in range(0, len(images), batch):
         chunk = normalize(images[start:start + batch], mean, std)
         n = len(chunk)
@@ -217,12 +220,15 @@ def evaluate(model, images, labels, mean, std, batch: int) -> dict:
             chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
         logits = model.logits(model(model.prepare(chunk)))[:n]
         y = labels[start:start + n]
+        preds += logits.argmax(1).tolist()
         hits1 += int((logits.argmax(1) == y).sum())
         top5 = np.argsort(-logits, axis=1)[:, :5]
         hits5 += int((top5 == y[:, None]).any(1).sum())
     out = {"top1": hits1 / len(images), "images": int(len(images))}
     if logits.shape[1] > 10:
         out["top5"] = hits5 / len(images)
+    if predictions:
+        out["predictions"] = preds
     return out
 
 
@@ -239,7 +245,10 @@ def measure(job: dict) -> dict:
     model = adapter(job["path"], n_all, images.shape[1:])
     meta = {**job.get("meta", {}), **{k: v for k, v in model.meta.items() if k in ("mean", "std")}}
     row = {"normalization": "model" if "mean" in model.meta else "sidecar", "layout": model.layout,
-           **evaluate(model, images, labels, meta["mean"], meta["std"], s["eval_batch"])}
+           **evaluate(model, images, labels, meta["mean"], meta["std"], s["eval_batch"],
+                      bool(s.get("predictions")))}
+    if s.get("accuracy_only"):  # under an emulator time means nothing: accuracy and predictions only
+        return row
     x = normalize(images[:s["throughput_batch"]], meta["mean"], meta["std"])
     if len(x) < s["throughput_batch"]:
         x = np.resize(x, (s["throughput_batch"], *x.shape[1:]))
@@ -334,10 +343,12 @@ def results_doc(run: dict, machine: dict, settings: dict, rows: list) -> dict:
 
 # --- command line ------------------------------------------------------------------------------------------
 
-def run_bundle(folder: Path, out: Path, threads: int, device: str) -> dict:
-    """Measure every model a bundle lists; write and return the results document."""
+def run_bundle(folder: Path, out: Path, threads: int, device: str, accuracy_only: bool = False) -> dict:
+    """Measure every model a bundle lists; write and return the results document. Rows carry each image's
+    predicted class (the bundle's eval set is small) so another machine's results can be compared per image."""
     spec = json.loads((folder / "bundle.json").read_text())
-    settings = {**spec["settings"], **({"threads": threads} if threads else {})}
+    settings = {**spec["settings"], **({"threads": threads} if threads else {}), "predictions": True,
+                **({"accuracy_only": True} if accuracy_only else {})}
     rows = []
     for entry in spec["models"]:
         job = {**entry, "path": str(folder / entry["file"]), "adapter": entry["runtime"],
@@ -354,6 +365,8 @@ def run_bundle(folder: Path, out: Path, threads: int, device: str) -> dict:
 def _line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['artifact']:<22} FAILED: {row['reason']}"
+    if "latency" not in row:
+        return f"{row['artifact']:<22} top1 {100 * row['top1']:6.2f}%  (accuracy only)"
     one = row["latency"]["one_thread"]
     return (f"{row['artifact']:<22} top1 {100 * row['top1']:6.2f}%  p50 {one['p50_ms']:.3f} ms  "
             f"p90 {one['p90_ms']:.3f} ms  (1 thread)  {row['throughput']['images_per_s']:.0f} img/s")
@@ -365,6 +378,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results.json"))
     parser.add_argument("--threads", type=int, default=0, help="threads of the all-cores setting (0 = all)")
     parser.add_argument("--device", default="", help="name for this device in the report (default: hostname)")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="skip latency and throughput (under an emulator they mean nothing)")
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
@@ -375,7 +390,7 @@ def main(argv=None) -> int:
         print(f"error: {args.bundle / 'bundle.json'} not found; run from an unpacked bundle or pass --bundle",
               file=sys.stderr)
         return 2
-    doc = run_bundle(args.bundle, args.out, args.threads, args.device)
+    doc = run_bundle(args.bundle, args.out, args.threads, args.device, args.accuracy_only)
     return 0 if any(r["status"] == "ok" for r in doc["rows"]) else 2
 
 

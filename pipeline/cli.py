@@ -266,6 +266,8 @@ def bundle_cmd(
                                                      "default bundle.formats).")] = None,
     images: Annotated[Optional[int], typer.Option(help="Test images in eval.npz (0 = all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the tar.gz.")] = None,
+    check_arm: Annotated[bool, typer.Option("--check-arm", help="Then run it on an emulated arm64 Debian 12 "
+                                            "(root, qemu) and compare each image with the host.")] = False,
 ):
     """Write a tar.gz for a Raspberry Pi or Linux board: models, runner, eval set, requirements, README."""
     from deploy import bundle as bundle_mod
@@ -274,6 +276,18 @@ def bundle_cmd(
     path = bundle_mod.build(run, cfg, list(fmt or cfg.bundle.formats),
                             cfg.bundle.images if images is None else images, out, skip_missing=not fmt)
     console.print(f"wrote {path}", highlight=False)
+    if check_arm:
+        from deploy import arm_check
+
+        result = path.parent / "arm64-emulated.json"
+        _, rows, times = arm_check.check(path, result, log=lambda m: console.print(m, highlight=False))
+        console.print(arm_check.summary(rows, times) + f"wrote {result}; merge it: compress report --add {result}",
+                      highlight=False, markup=False)
+        bad = arm_check.problems(rows)
+        for line in bad:
+            console.print(f"FAIL {line}", highlight=False, markup=False)
+        if bad:
+            raise typer.Exit(1)
 
 
 @app.command("bench-android")

@@ -138,7 +138,8 @@ class BenchmarkConfig:
 
 @dataclass(frozen=True)
 class BundleConfig:
-    formats: tuple[str, ...] = ("tflite_fp32", "tflite_fp16", "tflite_int8")
+    formats: tuple[str, ...] = check(("tflite_fp32", "tflite_fp16", "tflite_int8", "onnx_fp32", "onnx_int8_arm"),
+                                    choices=("tflite_fp32", "tflite_fp16", "tflite_int8", "onnx_fp32", "onnx_int8_arm"))
     images: int = check(1000, ge=0)
     runtime: str = "tflite-runtime==2.14.0"
 

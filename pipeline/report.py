@@ -8,6 +8,10 @@ results.json (schema ``compress.results/1``, written by deploy.runner.results_do
      "status": "ok" | "failed", "reason", "top1", "top5", "images", "latency": {"one_thread": {"p50_ms",
      "p90_ms", "p99_ms", "mean_ms", "runs", "threads"}, "all_cores": {...}}, "throughput": {"batch",
      "threads", "images_per_s"}, "peak_rss_mb"}]}
+
+A device measured under an emulator (deploy/arm_check.py) has ``machine.emulated`` true and ``machine.qemu``; its
+rows carry top-1 and per-image ``predictions`` but no latency: it is an accuracy-only device, kept out of speedups,
+recommendations and the Pareto plot, because emulated time says nothing about the board.
 """
 from __future__ import annotations
 
@@ -69,8 +73,12 @@ def validate(doc, source: str) -> dict:
     for i, row in enumerate(doc["rows"]):
         if not isinstance(row, dict) or "artifact" not in row or row.get("status") not in ("ok", "failed"):
             raise UserError(f"{source}: row {i} needs 'artifact' and a status of ok or failed")
-        if row["status"] == "ok" and not isinstance(row.get("latency", {}).get("one_thread", {}).get("p50_ms"),
-                                                    (int, float)):
+        if row["status"] != "ok":
+            continue
+        if doc["machine"].get("emulated"):
+            if not isinstance(row.get("top1"), (int, float)):
+                raise UserError(f"{source}: row {i} ({row['artifact']}) is ok but has no top1")
+        elif not isinstance(row.get("latency", {}).get("one_thread", {}).get("p50_ms"), (int, float)):
             raise UserError(f"{source}: row {i} ({row['artifact']}) is ok but has no latency.one_thread.p50_ms")
     return doc
 
@@ -95,7 +103,8 @@ def device_docs(bench_dir: Path) -> list[dict]:
 
 def table(doc: dict, extras: list[dict] = ()) -> list[dict]:
     """Flat rows of every document, with drop vs fp32 and speedup vs PyTorch eager on the same device."""
-    rows = [{**r, "device": d["machine"]["device"]} for d in (doc, *extras) for r in d["rows"]]
+    rows = [{**r, "device": d["machine"]["device"], **({"emulated": True} if d["machine"].get("emulated") else {})}
+            for d in (doc, *extras) for r in d["rows"]]
     ok = [r for r in rows if r["status"] == "ok"]
     for row in ok:
         same = {r["artifact"]: r for r in ok if r["device"] == row["device"]}
@@ -104,13 +113,18 @@ def table(doc: dict, extras: list[dict] = ()) -> list[dict]:
         ref = ref or next((r for r in ok if r["artifact"] == REFERENCE), None)
         if ref is not None and row.get("top1") is not None:
             row["drop_pts"] = round(100 * (ref["top1"] - row["top1"]), 2)
-        if REFERENCE in same:
+        if REFERENCE in same and timed(row) and timed(same[REFERENCE]):
             row["speedup"] = round(same[REFERENCE]["latency"]["one_thread"]["p50_ms"] / _p50(row), 2)
     return rows
 
 
 def _p50(row: dict) -> float:
     return row["latency"]["one_thread"]["p50_ms"]
+
+
+def timed(row: dict) -> bool:
+    """A row whose latency means something: measured, and not under an emulator."""
+    return row["status"] == "ok" and not row.get("emulated") and "latency" in row
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -125,7 +139,7 @@ def recommended(rows: list[dict], max_drop: float) -> dict:
     """Per device: the fastest exported artifact (not a torch checkpoint) within ``max_drop`` points."""
     best: dict = {}
     for row in rows:
-        if row["status"] != "ok" or row.get("runtime") == "torch" or row.get("drop_pts", 1e9) > max_drop:
+        if not timed(row) or row.get("runtime") == "torch" or row.get("drop_pts", 1e9) > max_drop:
             continue
         cur = best.get(row["device"])
         if cur is None or _p50(row) < _p50(cur):
@@ -149,9 +163,9 @@ def cells(row: dict, best: dict) -> list[str]:
     name = row["artifact"] + (" *" if best.get(row["device"]) == row["artifact"] else "")
     if row["status"] != "ok":
         return [name, row["device"], "failed"] + ["-"] * (len(COLUMNS) - 3)
-    lat, allc = row["latency"]["one_thread"], row["latency"].get("all_cores", {})
+    lat, allc = row.get("latency", {}).get("one_thread", {}), row.get("latency", {}).get("all_cores", {})
     return [name, row["device"], _fmt(100 * row["top1"] if row.get("top1") is not None else None, ".2f"),
-            _fmt(row.get("images"), "d"), _fmt(row.get("drop_pts"), "+.2f"), _fmt(lat["p50_ms"]),
+            _fmt(row.get("images"), "d"), _fmt(row.get("drop_pts"), "+.2f"), _fmt(lat.get("p50_ms")),
             _fmt(lat.get("p90_ms")),
             _fmt(row.get("speedup"), ".1f", "x"), _fmt(allc.get("p50_ms")),
             _fmt(row.get("throughput", {}).get("images_per_s"), ".0f"),
@@ -172,8 +186,8 @@ def story(rows: list[dict], device: str) -> list[str]:
         t, s, d = (100 * got[a]["top1"] for a in ("teacher_fp32", "student_alone_fp32", REFERENCE))
         lines.append(f"- Distillation: teacher {t:.2f}%, student alone {s:.2f}%, distilled student {d:.2f}% "
                      f"({d - s:+.2f} points from distillation, {d - t:+.2f} vs the teacher).")
-    quant = [r for r in got.values() if r.get("precision", "").startswith("int8") and "drop_pts" in r]
-    if quant and REFERENCE in got:
+    quant = [r for r in got.values() if r.get("precision", "").startswith("int8") and "drop_pts" in r and timed(r)]
+    if quant and REFERENCE in got and timed(got[REFERENCE]):
         fast = min(quant, key=_p50)
         lines.append(f"- Quantization: the fastest INT8 model ({fast['artifact']}) costs {fast['drop_pts']:+.2f} "
                      f"points and runs {got[REFERENCE]['latency']['one_thread']['p50_ms'] / _p50(fast):.1f}x "
@@ -193,7 +207,9 @@ def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
            f"* marks the recommended artifact per device (fastest within {max_drop} points).", ""]
     for d in extras:
         dm = d["machine"]
-        out.append(f"Device {dm['device']}: {dm.get('cpu', '?')}, {dm.get('cores', '?')} cores, {dm.get('os', '?')}.")
+        out.append(f"Device {dm['device']}: {dm.get('cpu', '?')}, {dm.get('cores', '?')} cores, {dm.get('os', '?')}."
+                   + (f" Emulated by qemu {dm.get('qemu', '?')}: accuracy only, no latency (emulated time says "
+                      "nothing about a board)." if dm.get("emulated") else ""))
     out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(cells(r, best)) + " |" for r in rows]
     if failed := failures(rows):
@@ -287,7 +303,8 @@ def render(bench_dir: Path, doc: dict, max_drop: float) -> list[Path]:
     extras = [d for d in device_docs(bench_dir) if d["run"]["run_id"] == doc["run"]["run_id"]]
     rows = table(doc, extras)
     md = atomic_write(bench_dir / "report.md", markdown(doc, extras, max_drop))
-    return [md, pareto_png(rows, recommended(rows, max_drop), bench_dir / "pareto.png")]
+    plotted = [r for r in rows if timed(r) or r["status"] != "ok"]  # accuracy-only devices have no x
+    return [md, pareto_png(plotted, recommended(rows, max_drop), bench_dir / "pareto.png")]
 
 
 def add(run, files: list[Path], max_drop: float) -> list[Path]:

@@ -1,0 +1,61 @@
+"""The ARM check's figures: its wall time (tree build + install + runs) and, per bundled artifact, host top-1,
+arm64 top-1 and the images whose top-1 class differs, on the bundle's images.
+
+    sudo .venv/bin/python benchmarks/arm_check.py [--run-dir /tmp/arm-fm] [--cold]
+
+Makes the run if its benchmark stage is missing (Fashion-MNIST, the smoke config's tiny nets trained briefly: a
+real classifier in a few minutes, unlike the smoke config's synthetic data where everything predicts alike), packs
+the bundle (bundle.formats: TFLite fp32/fp16/int8, ONNX fp32 and ARM QDQ int8; 1000 test images), then runs
+deploy/arm_check.py on it. ``--cold`` uses an empty cache so the arm64 tree is built and the wheels installed
+inside the timing (what a CI machine's first run pays); without it the cached tree is reused. Goal: <= 10 min.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUN = ["-c", "smoke", "-s", "data.dataset=fashion_mnist", "-s", "data.train_subset=12000", "-s", "teacher.epochs=3",
+       "-s", "bundle.images=1000", "-s", "benchmark.eval_images=1000"]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    from deploy import arm_check
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/arm-fm"))
+    parser.add_argument("--cold", action="store_true", help="build the arm64 tree and install inside the timing")
+    args = parser.parse_args()
+    compress = [str(Path(sys.executable).with_name("compress")), *RUN, "-r", str(args.run_dir)]
+    if not (args.run_dir / "benchmark" / "results.json").is_file():
+        subprocess.run([*compress, "all"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    bundle = args.run_dir / "bundle" / "bench.tar.gz"
+    subprocess.run([*compress, "bundle", "--out", str(bundle)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory(prefix="arm-cache-", dir="/var/tmp") as cold:
+        cache = Path(cold) if args.cold else None
+        doc, rows, times = arm_check.check(bundle, args.run_dir / "bundle" / "arm64-emulated.json", cache)
+    m = doc["machine"]
+    print(f"host: {cpu_model()}, {m['cores']} cores; arm64: Debian 12 ({m['os']}), Python {m['python']}, qemu "
+          f"{m['qemu']}, runtimes " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()))
+    print(f"host runtimes: " + ", ".join(f"{k} {v}" for k, v in m["host_runtimes"].items() if k != "torch"))
+    print(f"cache: {'cold (tree built, wheels installed)' if args.cold else 'warm (tree and venv reused)'}\n")
+    print(arm_check.summary(rows, times))
+    for line in arm_check.problems(rows):
+        print(f"FAIL {line}")
+
+
+if __name__ == "__main__":
+    main()
