@@ -99,6 +99,7 @@ class DistillConfig:
     hint_weight: float = 1.0
     at_weight: float = 1000.0
     hint_loss: str = "mse"
+    kd_target: str = "adapted"  # ama: soft targets from the 'adapted' or the 'original' teacher
     joint: bool = False
     baseline: bool = True
     augment: str = "none"
