@@ -66,8 +66,6 @@ def worker(args) -> None:
     from pipeline import compare
     from pipeline.store import RunDir
 
-    import torch
-    torch.set_num_threads(1)
     adapt, entries = GROUPS[args.group]
     compare.train_all(_load(args, adapt), RunDir(args.root / f"g{args.group}"), Console(), list(entries))
 
@@ -153,6 +151,8 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="only table what has finished")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # one thread per process unless told
     if args.group is not None:
         return worker(args)
     if not args.report_only:
