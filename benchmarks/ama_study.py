@@ -23,10 +23,8 @@ from pathlib import Path
 ORIG = "kd_target=original"
 # (adapt overrides, compare entries); entries are `compress compare` method entries
 GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
-    ((), ("student",)),
-    ((), ("kd",)),
-    ((), (f"ama({ORIG})",)),
-    ((), ("ama",)),
+    ((), ("student", f"ama({ORIG})")),  # pairs first, seeds outermost: a stopped study still pairs its seeds
+    ((), ("kd", "ama")),
     ((), ("fitnets",)),
     ((), ("at",)),
     ((), ("ama(joint=true)",)),

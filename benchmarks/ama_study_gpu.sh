@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 nvidia-smi -L
 TINY=(--set data.synthetic_train=128 --set data.synthetic_test=64 --set teacher.epochs=1 --set student.epochs=1
       --set adapt.epochs=1 --set device=cuda)
-if ! $PY benchmarks/ama_study.py --root "$ROOT/smoke" -c smoke "${TINY[@]}" --seeds 1 --only 0 --only 2 \
+if ! $PY benchmarks/ama_study.py --root "$ROOT/smoke" -c smoke "${TINY[@]}" --seeds 1 --only 0 \
     > "$ROOT/smoke.log" 2>&1; then
   tail -40 "$ROOT/smoke.log"; cp "$ROOT/smoke.log" "$OUT/"; exit 1
 fi
