@@ -240,6 +240,10 @@ def measure(job: dict) -> dict:
     meta = {**job.get("meta", {}), **{k: v for k, v in model.meta.items() if k in ("mean", "std")}}
     row = {"normalization": "model" if "mean" in model.meta else "sidecar", "layout": model.layout,
            **evaluate(model, images, labels, meta["mean"], meta["std"], s["eval_batch"])}
+    if job.get("val_data"):  # the validation split, which choices between artifacts are made on
+        val = np.load(job["val_data"])
+        row["val_top1"] = evaluate(model, val["images"], val["labels"].astype(np.int64), meta["mean"], meta["std"],
+                                   s["eval_batch"])["top1"]
     x = normalize(images[:s["throughput_batch"]], meta["mean"], meta["std"])
     if len(x) < s["throughput_batch"]:
         x = np.resize(x, (s["throughput_batch"], *x.shape[1:]))
