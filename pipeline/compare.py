@@ -46,11 +46,15 @@ def entry_config(cfg, entry: str):
     """The config one entry trains with: ``cfg`` with the entry's distill overrides (checked like --set)."""
     from pipeline import config as config_mod, distillers
 
+    from pipeline.distillers.ama import check_kd_target
+
     name, overrides = parse_entry(entry)
     distillers.check(name)
-    if not overrides:
-        return name, cfg
-    return name, config_mod.from_dict({**cfg.to_dict(), "distill": {**cfg.to_dict()["distill"], **overrides}})
+    if overrides:
+        cfg = config_mod.from_dict({**cfg.to_dict(), "distill": {**cfg.to_dict()["distill"], **overrides}})
+    if name == "ama":  # before any teacher trains, not an hour later
+        check_kd_target(cfg.distill.kd_target)
+    return name, cfg
 
 
 def folder_name(entry: str) -> str:

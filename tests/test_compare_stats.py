@@ -49,5 +49,14 @@ def test_method_entries_carry_distill_overrides():
         compare.entry_config(cfg, "ama(hint_wieght=0.3)")
     with pytest.raises(UserError, match="did you mean 'ama'"):
         compare.entry_config(cfg, "amma(kd_target=original)")
+    with pytest.raises(UserError, match="kd_target must be one of adapted, original"):
+        compare.entry_config(cfg, "ama(kd_target=orignal)")
     with pytest.raises(UserError, match="key=value"):
         compare.parse_entry("ama(original)")
+
+
+def test_bad_entry_is_a_one_line_error_before_anything_trains(cli, tmp_path):
+    result = cli("-c", "smoke", "-r", str(tmp_path / "run"), "--set",
+                 'compare.methods=[student,"ama(kd_target=teacher)"]', "compare")
+    assert result.exit_code == 2 and "kd_target must be one of" in result.output
+    assert not (tmp_path / "run" / "teacher").exists()
