@@ -183,9 +183,11 @@ def _progress(console: Console) -> Progress:
 def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfig, out_dir: Path, *,
         seed: int, fingerprint: str, console: Console, augment: str = "none", device_name: str = "auto",
         label: str = "train", on_epoch=None) -> FitResult:
-    """Train ``task`` (loss module) and evaluate ``model`` (the net inside it) after every epoch.
+    """Train ``task`` (loss module) and evaluate ``model`` (the net inside it) on the validation split after
+    every epoch; the test split is evaluated once, on the final model (``FitResult.test``).
 
-    Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` into ``out_dir``. A
+    Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` (best validation top-1)
+    into ``out_dir``. A
     ``last.pt`` written for the same ``fingerprint`` is resumed; one for another is ignored.
     """
     d = init_distributed()
