@@ -108,7 +108,7 @@ def gather(args) -> None:
     from rich.console import Console
 
     from pipeline import compare
-    from pipeline.store import RunDir
+    from pipeline.store import RunDir, atomic_write
 
     console = Console()
     all_dir = args.root / "all"
@@ -133,7 +133,20 @@ def gather(args) -> None:
         if "student" not in results:
             continue
         console.rule(f"{folder} {' '.join(adapt)}")
-        compare.report(cfg, RunDir(folder), console, results)
+        summary = compare.report(cfg, RunDir(folder), console, results)
+        atomic_write(folder / "compare" / "claims.md", claims_md(summary))
+        console.print(claims_md(summary), highlight=False)
+
+
+def claims_md(summary: dict) -> str:
+    """The paper's claims for every ama row of a table (benchmarks/distill_compare.py's checks)."""
+    from distill_compare import claims
+
+    out = []
+    for name in (m for m in summary if m.startswith("ama")):
+        out += ["", f"| claim (Wu et al., 2020), {name} | measured | holds |", "|---|---|---|"]
+        out += [f"| {c} | {m} | {'yes' if ok else 'no'} |" for c, m, ok in claims(summary, name)]
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -148,7 +161,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="only table what has finished")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # one thread per process unless told
     if args.group is not None:
