@@ -189,7 +189,8 @@ def summarize(results: dict[str, list[dict]], target: float) -> dict:
         row = {"runs": len(rs), "seeds": [r["seed"] for r in rs]}
         for f in FIELDS:
             row[f], row[f + "_std"] = _mean_std([r.get(f) for r in rs])
-        vs = {ref: paired(rs, results[ref]) for ref in REFERENCES if results.get(ref) and ref != m}
+        vs = {} if m == "student" else {ref: paired(rs, results[ref]) for ref in REFERENCES
+                                        if results.get(ref) and ref != m}
         row.update(delta_top1=row["test_top1"] - base_acc, vs=vs,
                    p_value=vs["student"]["welch_p"] if "student" in vs else None,
                    paired_p=vs["student"]["paired_p"] if "student" in vs else None,
