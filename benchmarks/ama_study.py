@@ -84,7 +84,7 @@ def run_groups(args) -> None:
     base = RunDir(args.root / "base")
     r = runner_mod.Runner(_load(args), base, Console())
     r.run_all(r.select(to="adapt"))
-    todo = [k for k in range(len(GROUPS)) if k in (args.only or range(len(GROUPS)))]
+    todo = list(args.only) if args.only else list(range(len(GROUPS)))  # in the order given
     for k in todo:
         _copy_run(base.root, args.root / f"g{k}")
     running: dict[int, subprocess.Popen] = {}
