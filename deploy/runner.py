@@ -247,6 +247,10 @@ def measure(job: dict) -> dict:
     row = {"normalization": "model" if "mean" in model.meta else "sidecar", "layout": model.layout,
            **evaluate(model, images, labels, meta["mean"], meta["std"], s["eval_batch"],
                       bool(s.get("predictions")))}
+    if job.get("val_data"):  # the validation split, which choices between artifacts are made on
+        val = np.load(job["val_data"])
+        row["val_top1"] = evaluate(model, val["images"], val["labels"].astype(np.int64), meta["mean"], meta["std"],
+                                   s["eval_batch"])["top1"]
     if s.get("accuracy_only"):  # under an emulator time means nothing: accuracy and predictions only
         return row
     x = normalize(images[:s["throughput_batch"]], meta["mean"], meta["std"])

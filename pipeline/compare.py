@@ -1,68 +1,91 @@
 """``compress compare``: every configured method x N seeds on the same student budget, then one table.
 
-Each (method, seed) run keeps its result in compare/<method>/seed<k>/result.json, keyed by a fingerprint of
-what it depends on, so an interrupted comparison resumes where it stopped and a finished one is free to rerun.
+A method entry is a method name or a variant of it with ``distill`` overrides in parentheses, e.g.
+``ama(kd_target=original,hint_weight=0.3)``; each entry is its own row. Each (entry, seed) run keeps its result in
+compare/<entry>/seed<k>/result.json, keyed by a fingerprint of what it depends on, so an interrupted comparison
+resumes where it stopped and a finished one is free to rerun.
+
+Every method of a seed starts from the same initial weights and sees the same data order, so methods are
+compared by paired t-tests on the per-seed differences, beside Welch's test on the two samples. Validation top-1
+is what any choice among methods is made on; test top-1 is the figure reported.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.store import atomic_json, atomic_write, sha256
 
-FIELDS = ("test_top1", "test_loss", "final_train_loss", "train_top1", "seconds_per_epoch", "cache_seconds")
+FIELDS = ("test_top1", "val_top1", "test_loss", "final_train_loss", "train_top1", "seconds_per_epoch",
+          "cache_seconds")
+REFERENCES = ("student", "kd")  # rows every method is paired against, where they were run
 
 
-def _fingerprint(cfg, method: str, seed: int, inputs: list[Path]) -> str:
+def parse_entry(entry: str) -> tuple[str, dict]:
+    """``ama(kd_target=original,hint_weight=0.3)`` -> ``("ama", {"kd_target": "original", "hint_weight": 0.3})``."""
+    import yaml
+
+    m = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*(?:\((.*)\))?\s*", entry)
+    if not m:
+        raise UserError(f"compare.methods entry '{entry}' must look like ama or ama(key=value,key=value)")
+    overrides = {}
+    for part in filter(None, (p.strip() for p in (m.group(2) or "").split(","))):
+        if "=" not in part:
+            raise UserError(f"compare.methods entry '{entry}': '{part}' must look like key=value (distill keys)")
+        key, raw = (t.strip() for t in part.split("=", 1))
+        overrides[key] = yaml.safe_load(raw)
+    return m.group(1), overrides
+
+
+def entry_config(cfg, entry: str):
+    """The config one entry trains with: ``cfg`` with the entry's distill overrides (checked like --set)."""
+    from pipeline import config as config_mod, distillers
+
+    name, overrides = parse_entry(entry)
+    distillers.check(name)
+    if overrides:
+        cfg = config_mod.from_dict({**cfg.to_dict(), "distill": {**cfg.to_dict()["distill"], **overrides}})
+    return name, cfg
+
+
+def folder_name(entry: str) -> str:
+    name, overrides = parse_entry(entry)
+    return name + "".join(f"_{k}={v}" for k, v in overrides.items()).replace("/", "-").replace(" ", "")
+
+
+def _fingerprint(cfg, entry: str, method: str, seed: int, root: Path) -> str:
+    """What one run depends on: the student alone needs no teacher, the other methods no adapted module
+    except ama."""
+    from pipeline import distillers
     from pipeline.config import section_hash
 
-    payload = {"method": method, "seed": seed, "inputs": [sha256(p) for p in inputs if p.exists()],
-               **{s: section_hash(getattr(cfg, s)) for s in ("data", "student", "adapt", "distill", "device")}}
+    side = distillers.needs(method)
+    inputs = {None: [], "teacher": ["teacher/model.pt"], "adapted": ["teacher/model.pt", "adapt/adapted.pt"]}[side]
+    sections = {s: section_hash(getattr(cfg, s)) for s in ("data", "student", "device")}
+    sections["distill"] = section_hash(cfg.distill if side else {"augment": cfg.distill.augment})
+    if side:
+        sections["adapt"] = section_hash(cfg.adapt)
+    payload = {"method": entry, "seed": seed, "split_seed": cfg.seed, **sections,
+               "inputs": [sha256(root / p) for p in inputs if (root / p).exists()]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def run(cfg, run_dir, console) -> dict:
     """Train what is missing, then write compare.json, compare.md and the PNGs; returns the summary."""
-    from pipeline import data, distillers, runner as runner_mod
-    from pipeline.distillers.train import epochs_to, load_adapted_for, load_teacher, train_student
-
-    methods = list(cfg.compare.methods)
-    for m in methods:
-        distillers.check(m)
-    if "student" not in methods:
+    if "student" not in cfg.compare.methods:
         raise UserError("compare.methods must include 'student' (the baseline every method is measured against)")
-    if cfg.compare.seeds < 1:
-        raise UserError(f"compare.seeds must be at least 1, got {cfg.compare.seeds}")
-    runner = runner_mod.Runner(cfg, run_dir, console)
-    needs_adapt = any(distillers.needs(m) == "adapted" for m in methods)
-    runner.run_all(runner.select(to="adapt" if needs_adapt else "teacher"))
-    ds = data.load(cfg.data, cfg.seed)
-    inputs = [run_dir.root / "teacher" / "model.pt", run_dir.root / "adapt" / "adapted.pt"]
-    teacher = load_teacher(inputs[0], cfg, ds)
-    adapted = load_adapted_for(inputs[1], cfg, teacher, ds) if needs_adapt else None
-    out = run_dir.stage_dir("compare")
-    results: dict[str, list[dict]] = {m: [] for m in methods}
-    for k in range(cfg.compare.seeds):  # seeds outermost: a partial comparison still covers every method
-        seed = cfg.seed + k
-        for m in methods:
-            folder = out / m / f"seed{seed}"
-            fp = _fingerprint(cfg, m, seed, inputs)
-            done = folder / "result.json"
-            if done.exists() and json.loads(done.read_text()).get("fingerprint") == fp:
-                results[m].append(json.loads(done.read_text()))
-                continue
-            console.rule(f"[bold]compare: {m}, seed {seed}")
-            r = train_student(cfg, m, seed, ds, teacher, adapted, folder, fingerprint=fp, console=console,
-                              label=f"{m} s{seed}")
-            r = {k2: v for k2, v in r.items() if k2 != "model"}
-            r.update(fingerprint=fp, epochs_to_target=epochs_to(r["history"], cfg.compare.target_top1))
-            atomic_json(done, r)
-            results[m].append(r)
+    return report(cfg, run_dir, console, train_all(cfg, run_dir, console, list(cfg.compare.methods)))
+
+
+def report(cfg, run_dir, console, results: dict[str, list[dict]]) -> dict:
+    """Write compare.json, compare.md and compare.png for ``results``; returns the summary."""
     summary = summarize(results, cfg.compare.target_top1)
+    out = run_dir.stage_dir("compare")
     atomic_json(out / "compare.json", {"target_top1": cfg.compare.target_top1, "methods": summary,
                                        "runs": results})
     atomic_write(out / "compare.md", to_markdown(summary, cfg))
@@ -71,8 +94,54 @@ def run(cfg, run_dir, console) -> dict:
     return summary
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def train_all(cfg, run_dir, console, methods: list[str], train: bool = True) -> dict[str, list[dict]]:
+    """Every entry of ``methods`` x ``compare.seeds`` seeds (finished runs are read back); {entry: [result]}.
+    With ``train=False`` runs that are not finished are left out instead of trained."""
+    from pipeline import data, distillers, runner as runner_mod
+    from pipeline.distillers.train import epochs_to, load_adapted_for, load_teacher, train_student
+
+    entries = {e: entry_config(cfg, e) for e in methods}
+    if cfg.compare.seeds < 1:
+        raise UserError(f"compare.seeds must be at least 1, got {cfg.compare.seeds}")
+    sides = {distillers.needs(name) for name, _ in entries.values()}
+    runner = runner_mod.Runner(cfg, run_dir, console)
+    runner.run_all(runner.select(to="adapt" if "adapted" in sides else "teacher"))
+    ds = data.load(cfg.data, cfg.seed)
+    root = run_dir.root
+    teacher = load_teacher(root / "teacher" / "model.pt", cfg, ds) if sides - {None} else None
+    adapted = load_adapted_for(root / "adapt" / "adapted.pt", cfg, teacher, ds) if "adapted" in sides else None
+    out = run_dir.stage_dir("compare")
+    results: dict[str, list[dict]] = {e: [] for e in entries}
+    for k in range(cfg.compare.seeds):  # seeds outermost: a partial comparison still covers every method
+        seed = cfg.seed + k
+        for entry, (method, ecfg) in entries.items():
+            folder = out / folder_name(entry) / f"seed{seed}"
+            fp = _fingerprint(ecfg, entry, method, seed, root)
+            done = folder / "result.json"
+            if done.exists() and json.loads(done.read_text()).get("fingerprint") == fp:
+                results[entry].append(json.loads(done.read_text()))
+                continue
+            if not train:
+                continue
+            console.rule(f"[bold]compare: {entry}, seed {seed}")
+            r = train_student(ecfg, method, seed, ds, teacher, adapted, folder, fingerprint=fp, console=console,
+                              label=f"{entry} s{seed}")
+            r = {k2: v for k2, v in r.items() if k2 != "model"}
+            r.update(fingerprint=fp, epochs_to_target=epochs_to(r["history"], cfg.compare.target_top1))
+            atomic_json(done, r)
+            results[entry].append(r)
+    return results
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _p(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
@@ -81,24 +150,46 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
     if len(a) < 2 or len(b) < 2:
         return None
-    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return None if math.isnan(p) else p
+    return _p(float(stats.ttest_ind(a, b, equal_var=False).pvalue))
+
+
+def paired_p(diffs: list[float]) -> float | None:
+    """Two-sided paired t-test p-value on per-seed differences (H0: mean difference 0); None where undefined
+    (fewer than two pairs, or every difference the same)."""
+    from scipy import stats
+
+    if len(diffs) < 2 or max(diffs) == min(diffs):
+        return None
+    return _p(float(stats.ttest_1samp(diffs, 0.0).pvalue))
+
+
+def paired(runs: list[dict], ref: list[dict], key: str = "test_top1") -> dict:
+    """Per-seed differences ``runs - ref`` on the seeds both have, their mean and both p-values."""
+    by_seed = {r["seed"]: r[key] for r in ref}
+    diffs = [r[key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
+    return {"seeds": [r["seed"] for r in runs if r["seed"] in by_seed], "diffs": diffs,
+            "mean_diff": statistics.fmean(diffs) if diffs else None, "paired_p": paired_p(diffs),
+            "welch_p": welch_p([r[key] for r in runs], [r[key] for r in ref])}
 
 
 def summarize(results: dict[str, list[dict]], target: float) -> dict:
     base = results["student"]
-    base_acc = [r["test_top1"] for r in base]
+    base_acc = statistics.fmean(r["test_top1"] for r in base)
     base_loss = statistics.fmean(r["final_train_loss"] for r in base)
     base_sec = statistics.fmean(r["seconds_per_epoch"] for r in base)
     summary = {}
     for m, rs in results.items():
-        acc = [r["test_top1"] for r in rs]
+        if not rs:
+            continue
         reached = [r["epochs_to_target"] for r in rs if r["epochs_to_target"] is not None]
-        row = {"runs": len(rs)}
+        row = {"runs": len(rs), "seeds": [r["seed"] for r in rs]}
         for f in FIELDS:
-            row[f], row[f + "_std"] = _mean_std([r[f] for r in rs])
-        row.update(delta_top1=row["test_top1"] - statistics.fmean(base_acc),
-                   p_value=welch_p(acc, base_acc) if m != "student" else None,
+            row[f], row[f + "_std"] = _mean_std([r.get(f) for r in rs])
+        vs = {} if m == "student" else {ref: paired(rs, results[ref]) for ref in REFERENCES
+                                        if results.get(ref) and ref != m}
+        row.update(delta_top1=row["test_top1"] - base_acc, vs=vs,
+                   p_value=vs["student"]["welch_p"] if "student" in vs else None,
+                   paired_p=vs["student"]["paired_p"] if "student" in vs else None,
                    loss_change=(row["final_train_loss"] - base_loss) / base_loss,
                    epochs_to_target=statistics.fmean(reached) if reached else None,
                    reached_target=len(reached), epoch_cost=row["seconds_per_epoch"] / base_sec)
@@ -106,23 +197,49 @@ def summarize(results: dict[str, list[dict]], target: float) -> dict:
     return summary
 
 
+def _pct(value, std=None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def _pv(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def to_markdown(summary: dict, cfg) -> str:
     target = cfg.compare.target_top1
     lines = [f"Student {cfg.student.arch} (width {cfg.student.width}), {cfg.student.epochs} epochs, "
-             f"data {cfg.data.dataset}, seeds {cfg.seed}..{cfg.seed + cfg.compare.seeds - 1}.", "",
-             f"| method | test top-1 % (mean ± std) | Δ vs student (pts) | Welch p | train CE | Δ train CE "
-             f"| epochs to {target:.0%} | s / epoch | epoch cost vs student |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"data {cfg.data.dataset} (validation fraction {cfg.data.val_fraction}), "
+             f"seeds {cfg.seed}..{cfg.seed + cfg.compare.seeds - 1}.", "",
+             f"| method | runs | val top-1 % | test top-1 % (mean ± std) | Δ test vs student (pts) | paired p | Welch p "
+             f"| train CE | Δ train CE | epochs to {target:.0%} (val) | s / epoch | epoch cost vs student |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in summary.items():
-        p = "-" if r["p_value"] is None else f"{r['p_value']:.3f}"
         ep = "not reached" if r["epochs_to_target"] is None else \
             f"{r['epochs_to_target']:.1f} ({r['reached_target']}/{r['runs']})"
-        lines.append(f"| {m} | {100 * r['test_top1']:.2f} ± {100 * r['test_top1_std']:.2f} | "
-                     f"{100 * r['delta_top1']:+.2f} | {p} | {r['final_train_loss']:.4f} | "
+        lines.append(f"| {m} | {r['runs']} | {_pct(r['val_top1'], r['val_top1_std'])} | "
+                     f"{_pct(r['test_top1'], r['test_top1_std'])} | {100 * r['delta_top1']:+.2f} | "
+                     f"{_pv(r['paired_p'])} | {_pv(r['p_value'])} | {r['final_train_loss']:.4f} | "
                      f"{100 * r['loss_change']:+.1f}% | {ep} | {r['seconds_per_epoch']:.1f} | "
                      f"{r['epoch_cost']:.2f}x |")
+    lines += ["", "Per-seed differences in test top-1 (points; each seed gives both methods the same initial "
+              "weights and data order):", "",
+              "| method | vs | seeds | differences | mean | paired p | Welch p |", "|---|---|---|---|---|---|---|"]
+    for m, r in summary.items():
+        for ref, v in r["vs"].items():
+            diffs = " / ".join(f"{100 * d:+.2f}" for d in v["diffs"])
+            mean = "-" if v["mean_diff"] is None else f"{100 * v['mean_diff']:+.2f}"
+            lines.append(f"| {m} | {ref} | {len(v['diffs'])} | {diffs} | {mean} | {_pv(v['paired_p'])} | "
+                         f"{_pv(v['welch_p'])} |")
+    ama = {m: r for m, r in summary.items() if m.startswith("ama") and r["val_top1"] is not None}
+    if ama:
+        best = max(ama, key=lambda m: ama[m]["val_top1"])
+        lines += ["", f"Highest mean validation top-1 among the ama readings: **{best}** "
+                      f"({_pct(ama[best]['val_top1'])}%)."]
     lines += ["", "Train CE: the student's plain cross-entropy on the training set after training (the same measure "
-              "for every method). s / epoch excludes the one-off teacher cache (cache_seconds in compare.json)."]
+              "for every method). s / epoch excludes the one-off teacher cache (cache_seconds in compare.json). "
+              "Test top-1 is measured once per run, on the final model; every choice uses validation top-1."]
     return "\n".join(lines) + "\n"
 
 
@@ -137,11 +254,14 @@ def plots(results: dict[str, list[dict]], summary: dict, out: Path) -> list[Path
                yerr=[100 * summary[m]["test_top1_std"] for m in names], capsize=4, color="tab:blue")
     lo = min(100 * (summary[m]["test_top1"] - summary[m]["test_top1_std"]) for m in names)
     ax_bar.set(ylim=(max(0, lo - 2), None), ylabel="test accuracy (%)", title="test accuracy, mean ± std")
+    ax_bar.tick_params(axis="x", labelrotation=20)
     for m, rs in results.items():
+        if not rs or "val_top1" not in rs[0]["history"][0]:
+            continue
         epochs = [h["epoch"] for h in rs[0]["history"]]
-        mean = [100 * statistics.fmean(r["history"][i]["test_top1"] for r in rs) for i in range(len(epochs))]
+        mean = [100 * statistics.fmean(r["history"][i]["val_top1"] for r in rs) for i in range(len(epochs))]
         ax_curve.plot(epochs, mean, marker="o", label=m)
-    ax_curve.set(xlabel="epoch", ylabel="test accuracy (%)", title="mean test accuracy per epoch")
+    ax_curve.set(xlabel="epoch", ylabel="validation accuracy (%)", title="mean validation accuracy per epoch")
     ax_curve.legend()
     for ax in (ax_bar, ax_curve):
         ax.grid(alpha=0.3)

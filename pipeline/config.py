@@ -35,7 +35,7 @@ class DataConfig:
     dataset: str = "fashion_mnist"
     root: str = ""
     download: bool = True
-    val_fraction: float = check(0.1, **FRACTION)
+    val_fraction: float = check(0.1, ge=0.0, lt=1.0)  # 0: no validation split (choices fall back to test)
     augment: str = check("crop_flip", choices=AUGMENT)
     train_subset: int = check(0, ge=0)
     synthetic_train: int = check(1024, ge=1)
@@ -109,6 +109,7 @@ class DistillConfig:
     hint_weight: float = check(1.0, ge=0.0)
     at_weight: float = check(1000.0, ge=0.0)
     hint_loss: str = check("mse", choices=("mse", "smooth_l1"))
+    kd_target: str = check("adapted", choices=("adapted", "original"))  # ama: soft targets from which teacher
     joint: bool = False
     baseline: bool = True
     augment: str = check("none", choices=AUGMENT)

@@ -3,6 +3,10 @@
 Fashion-MNIST is found offline (a torchvision root or Debian's dataset-fashion-mnist files) before
 anything is downloaded; CIFAR-10 is read from its own pickle batches; a user's images come through an
 ImageFolder layout with a held-out split; ``synthetic`` is a procedurally generated, learnable set.
+
+Every set also has a validation split for every choice made from measurements (best epoch, calibration,
+recommended artifact): an ImageFolder's own val/ folder, otherwise ``data.val_fraction`` of each class's
+training images, picked by a seeded shuffle and never trained on. The test split is for the report only.
 """
 from __future__ import annotations
 
@@ -34,8 +38,13 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
+    val_x: torch.Tensor | None = None  # None = no validation split (an empty one)
+    val_y: torch.Tensor | None = None
 
     def __post_init__(self):
+        if self.val_x is None:
+            self.val_x = self.train_x[:0]
+            self.val_y = self.train_y[:0]
         scaled = self.train_x[:20000].float().div_(255)
         self.mean = tuple(round(v, 4) for v in scaled.mean((0, 2, 3)).tolist())
         self.std = tuple(round(max(v, 1e-3), 4) for v in scaled.std((0, 2, 3)).tolist())
@@ -67,10 +76,32 @@ def load(cfg: DataConfig, seed: int = 0) -> Dataset:
         raise UserError(f"unknown data set '{cfg.dataset}'{hint} Valid: {', '.join(DATASETS)}")
     ds = {"fashion_mnist": _fashion, "cifar10": _cifar10, "imagefolder": _imagefolder,
           "synthetic": _synthetic}[cfg.dataset](cfg, seed)
+    if not len(ds.val_y):
+        ds = with_validation(ds, cfg.val_fraction, seed)
     if cfg.train_subset:
         ds = Dataset(ds.name, ds.train_x[:cfg.train_subset], ds.train_y[:cfg.train_subset], ds.test_x, ds.test_y,
-                     ds.classes)
+                     ds.classes, ds.val_x, ds.val_y)
     return ds
+
+
+def split_off(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held) index tensors, both in their original order: round(fraction x n) images of every class
+    are held out, picked by a shuffle seeded with ``seed``."""
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"data.val_fraction must be in [0, 1), got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    held = torch.zeros(len(y), dtype=torch.bool)
+    for c in torch.unique(y):
+        idx = (y == c).nonzero().flatten()
+        held[idx[torch.randperm(len(idx), generator=g)[:int(round(len(idx) * fraction))]]] = True
+    return (~held).nonzero().flatten(), held.nonzero().flatten()
+
+
+def with_validation(ds: Dataset, fraction: float, seed: int) -> Dataset:
+    """``ds`` with a stratified ``fraction`` of its training images moved into the validation split."""
+    kept, held = split_off(ds.train_y, fraction, seed)
+    return Dataset(ds.name, ds.train_x[kept], ds.train_y[kept], ds.test_x, ds.test_y, ds.classes,
+                   ds.train_x[held], ds.train_y[held])
 
 
 # --- Fashion-MNIST ---------------------------------------------------------------------------------
@@ -182,17 +213,38 @@ def _cifar10(cfg: DataConfig, seed: int) -> Dataset:
 # --- ImageFolder -----------------------------------------------------------------------------------
 
 def _imagefolder(cfg: DataConfig, seed: int) -> Dataset:
-    from PIL import Image, UnidentifiedImageError
-
+    """One subfolder of images per class under data.root, with data.val_fraction of them held out as the
+    test split; or train/, test/ and optionally val/ folders, each with those class subfolders."""
     root = Path(cfg.root)
     if not cfg.root or not root.is_dir():
         raise UserError(f"data.root '{cfg.root}' is not a folder; point it at a folder with one subfolder "
                         "of images per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir()) if f.is_file()]
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        x, y, classes = _read_images(root / "train")
+        test_x, test_y, _ = _read_images(root / "test", classes, tuple(x.shape[2:]))
+        val = _read_images(root / "val", classes, tuple(x.shape[2:]))[:2] if (root / "val").is_dir() else (None,) * 2
+        return Dataset("imagefolder", x, y, test_x, test_y, classes, *val)
+    x, y, classes = _read_images(root)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(len(y) * cfg.val_fraction)))
+    test, train = order[:n_test].sort().values, order[n_test:].sort().values
+    return Dataset("imagefolder", x[train], y[train], x[test], y[test], classes)
+
+
+def _read_images(folder: Path, classes: list[str] | None = None, hw: tuple[int, int] | None = None):
+    """(uint8 N x 3 x H x W, labels, classes) of ``folder``/<class>/*; every image is resized to the first
+    one's size (or to ``hw``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = classes or found
+    if set(found) - set(classes):
+        raise UserError(f"{folder} has classes {sorted(set(found) - set(classes))} that the training set lacks")
+    files = [(f, i) for i, c in enumerate(classes) if (folder / c).is_dir()
+             for f in sorted((folder / c).iterdir()) if f.is_file()]
     if len(classes) < 2 or not files:
-        raise UserError(f"{root} needs at least two class subfolders with images in them")
-    images, size = [], None
+        raise UserError(f"{folder} needs at least two class subfolders with images in them")
+    images, size = [], (hw[1], hw[0]) if hw else None
     for path, _ in files:
         try:
             with Image.open(path) as img:
@@ -202,11 +254,7 @@ def _imagefolder(cfg: DataConfig, seed: int) -> Dataset:
         except (UnidentifiedImageError, OSError) as exc:
             raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); remove it") from exc
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor([i for _, i in files])
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, int(round(len(y) * cfg.val_fraction)))
-    test, train = order[:n_test], order[n_test:]
-    return Dataset("imagefolder", x[train], y[train], x[test], y[test], classes)
+    return x, torch.tensor([i for _, i in files]), classes
 
 
 # --- synthetic -------------------------------------------------------------------------------------

@@ -167,6 +167,7 @@ def make_optimizer(params, cfg: TrainConfig, steps: int):
 class FitResult:
     history: list = field(default_factory=list)
     resumed_from: int = 0
+    test: dict = field(default_factory=dict)  # test_top1 / test_loss of the final model, measured once
 
     @property
     def final(self) -> dict:
@@ -182,9 +183,11 @@ def _progress(console: Console) -> Progress:
 def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfig, out_dir: Path, *,
         seed: int, fingerprint: str, console: Console, augment: str = "none", device_name: str = "auto",
         label: str = "train", on_epoch=None) -> FitResult:
-    """Train ``task`` (loss module) and evaluate ``model`` (the net inside it) after every epoch.
+    """Train ``task`` (loss module) and evaluate ``model`` (the net inside it) on the validation split after
+    every epoch; the test split is evaluated once, on the final model (``FitResult.test``).
 
-    Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` into ``out_dir``. A
+    Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` (best validation top-1)
+    into ``out_dir``. A
     ``last.pt`` written for the same ``fingerprint`` is resumed; one for another is ignored.
     """
     d = init_distributed()
@@ -204,29 +207,39 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     start = _resume(out_dir / "last.pt", fingerprint, task, opt, sched, result, console if d.main else None)
     net = nn.parallel.DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.world > 1 else task
-    best = max((h["test_top1"] for h in result.history), default=-1.0)
+    best = max((h.get("val_top1", -1.0) for h in result.history), default=-1.0)
+    held_out = {"batch_size": cfg.eval_batch_size, "device": device, "precision": precision,
+                "channels_last": cfg.channels_last}
     for epoch in range(start, cfg.epochs):
         stats = _train_epoch(net, opt, sched, scaler, ds, cfg, device, precision, seed, epoch, d,
                              console, f"{label} {epoch + 1}/{cfg.epochs}", augment)
-        test = accuracy(predict(model, ds.test_x, ds, batch_size=cfg.eval_batch_size, device=device,
-                                precision=precision, channels_last=cfg.channels_last), ds.test_y)
-        row = {"epoch": epoch + 1, **stats, "test_top1": test["top1"], "test_loss": test["loss"],
+        row = {"epoch": epoch + 1, **stats, **evaluate(model, ds, "val", **held_out),
                "lr": opt.param_groups[0]["lr"]}
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
         if d.main:
+            val = f"val {row['val_top1']:.2%}  " if "val_top1" in row else ""
             console.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
-                          f"train {row['train_top1']:.2%}  test {row['test_top1']:.2%}  "
-                          f"{row['images_per_s']:.0f} img/s")
+                          f"train {row['train_top1']:.2%}  {val}{row['images_per_s']:.0f} img/s")
             _save_state(out_dir, task, opt, sched, result, fingerprint, epoch, precision)
-            if row["test_top1"] > best:
-                best = row["test_top1"]
+            if row.get("val_top1", 1.0) > best:  # without a validation split, best.pt is the last epoch
+                best = row.get("val_top1", -1.0)
                 with atomic_path(out_dir / "best.pt") as tmp:
                     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+    result.test = evaluate(model, ds, "test", **held_out)
     if d.world > 1:
         dist.barrier()
     return result
+
+
+def evaluate(model: nn.Module, ds: data_mod.Dataset, split: str, **predict_kw) -> dict:
+    """``{split}_top1`` and ``{split}_loss`` of ``model`` on the ``val`` or ``test`` split ({} if it is empty)."""
+    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+    if not len(y):
+        return {}
+    acc = accuracy(predict(model, x, ds, **predict_kw), y)
+    return {f"{split}_top1": acc["top1"], f"{split}_loss": acc["loss"]}
 
 
 def _train_epoch(net, opt, sched, scaler, ds, cfg, device, precision, seed, epoch, d, console, desc, augment) -> dict:

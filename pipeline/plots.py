@@ -16,15 +16,15 @@ def _pyplot():
 
 
 def training_curves(histories: dict[str, list[dict]], path: Path, title: str) -> Path:
-    """Training loss and test accuracy per epoch, one line per named history."""
+    """Training loss and validation accuracy per epoch, one line per named history."""
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=name)
-        ax_acc.plot(epochs, [100 * r["test_top1"] for r in rows], marker="o", label=name)
+        ax_acc.plot(epochs, [100 * r.get("val_top1", float("nan")) for r in rows], marker="o", label=name)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -16,7 +16,7 @@ def _subset(ds, n: int):
 
     if not n or n >= len(ds.train_y):
         return ds
-    sub = Dataset(ds.name, ds.train_x[:n], ds.train_y[:n], ds.test_x, ds.test_y, ds.classes)
+    sub = Dataset(ds.name, ds.train_x[:n], ds.train_y[:n], ds.test_x, ds.test_y, ds.classes, ds.val_x, ds.val_y)
     sub.mean, sub.std = ds.mean, ds.std
     return sub
 
@@ -36,7 +36,7 @@ def run(ctx) -> list[Path]:
     from pipeline import adaptive, data, models
     from pipeline.distillers.adapter import AdaptTask
     from pipeline.distillers.train import load_teacher
-    from pipeline.engine import accuracy, fit, init_distributed, pick_device, predict, resolve_precision
+    from pipeline.engine import evaluate, fit, init_distributed, pick_device, resolve_precision
     from pipeline.store import atomic_path
 
     cfg = ctx.cfg
@@ -54,16 +54,19 @@ def run(ctx) -> list[Path]:
     result = fit(task, adapted, train_ds, tcfg, ctx.dir, seed=cfg.seed, fingerprint=ctx.fingerprint,
                  console=ctx.console, augment="none", device_name=cfg.device, label="adapt")
     precision = resolve_precision(tcfg.precision, device)
-    original = accuracy(predict(teacher.to(device), ds.test_x, ds, batch_size=tcfg.eval_batch_size, device=device,
-                                precision=precision, channels_last=tcfg.channels_last), ds.test_y)
+    held_out = {"batch_size": tcfg.eval_batch_size, "device": device, "precision": precision,
+                "channels_last": tcfg.channels_last}
+    original = {split: evaluate(teacher.to(device), ds, split, **held_out) for split in ("val", "test")}
     state = {**adapted.adapter_state(), "teacher_arch": cfg.teacher.arch, "student_arch": cfg.student.arch,
              "student_width": cfg.student.width}
     out = ctx.dir / "adapted.pt"
     with atomic_path(out) as tmp:
         torch.save(state, tmp)
-    ctx.metrics.update(stages=adapted.stages, teacher_top1=original["top1"],
-                       adapted_teacher_top1=result.final["test_top1"], adapted_test_loss=result.final["test_loss"],
+    ctx.metrics.update(stages=adapted.stages, teacher_top1=original["test"]["test_top1"],
+                       teacher_val_top1=original["val"].get("val_top1"),
+                       adapted_teacher_top1=result.test["test_top1"], adapted_test_loss=result.test["test_loss"],
+                       adapted_teacher_val_top1=result.final.get("val_top1"),
                        module_params=sum(p.numel() for p in adapted.adapters.parameters()))
-    ctx.console.print(f"adapt: teacher {original['top1']:.2%} -> adapted teacher {result.final['test_top1']:.2%} "
-                      f"(stages {adapted.stages})")
+    ctx.console.print(f"adapt: teacher {original['test']['test_top1']:.2%} -> adapted teacher "
+                      f"{result.test['test_top1']:.2%} on test (stages {adapted.stages})")
     return [out, ctx.dir / "metrics.jsonl"]

@@ -54,20 +54,22 @@ def settings(bcfg) -> dict:
     return {k: getattr(bcfg, k) for k in keys}
 
 
-def write_eval_set(path: Path, ds, limit: int) -> Path:
-    """Test images (uint8 NCHW), labels and the normalisation the models were trained with, as one npz."""
+def write_eval_set(path: Path, ds, limit: int, split: str = "test") -> Path:
+    """The split's images (uint8 NCHW), labels and the normalisation the models were trained with, as one npz."""
     from pipeline.store import atomic_path
 
-    n = len(ds.test_y) if limit <= 0 else min(limit, len(ds.test_y))
+    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+    n = len(y) if limit <= 0 else min(limit, len(y))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, images=ds.test_x[:n].numpy(), labels=ds.test_y[:n].numpy(),
+            np.savez_compressed(fh, images=x[:n].numpy(), labels=y[:n].numpy(),
                                 mean=np.asarray(ds.mean, np.float32), std=np.asarray(ds.std, np.float32))
     return path
 
 
-def jobs(ctx, data_path: Path, ds) -> list[dict]:
-    """One measurement job per artifact that exists; failed rows for those that do not."""
+def jobs(ctx, data_path: Path, ds, val_path: Path | None = None) -> list[dict]:
+    """One measurement job per artifact that exists; failed rows for those that do not. With ``val_path`` each
+    is also evaluated on the validation split, which the recommendation uses."""
     from pipeline import report
 
     out = []
@@ -77,6 +79,7 @@ def jobs(ctx, data_path: Path, ds) -> list[dict]:
             continue
         adapter = "stages.benchmark:TorchModel" if item["runtime"] == "torch" else item["runtime"]
         out.append({**item, "adapter": adapter, "data": str(data_path), "pythonpath": str(REPO),
+                    **({"val_data": str(val_path)} if val_path else {}),
                     "settings": settings(ctx.cfg.benchmark), "meta": {"mean": list(ds.mean), "std": list(ds.std)}})
     return out
 
@@ -93,14 +96,15 @@ def run(ctx) -> list[Path]:
     ds = data.load(cfg.data, cfg.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="compress-eval-") as tmp:
-        todo = jobs(ctx, write_eval_set(Path(tmp) / "eval.npz", ds, cfg.benchmark.eval_images), ds)
+        val = write_eval_set(Path(tmp) / "val.npz", ds, 0, "val") if len(ds.val_y) else None
+        todo = jobs(ctx, write_eval_set(Path(tmp) / "eval.npz", ds, cfg.benchmark.eval_images), ds, val)
         with Progress(console=ctx.console, transient=True) as progress:
             task = progress.add_task("benchmark", total=len(todo))
             for job in todo:
                 progress.update(task, description=f"benchmark {job['artifact']}")
                 row = job if job.get("status") == "failed" else runner.measure_isolated(job, cfg.benchmark.timeout_s)
                 rows.append({k: v for k, v in row.items() if k not in ("adapter", "data", "pythonpath", "settings",
-                                                                        "meta", "path")})
+                                                                        "meta", "path", "val_data")})
                 ctx.console.print(runner._line(rows[-1]), highlight=False)
                 progress.advance(task)
     doc = runner.results_doc(report.run_info(ctx.run.root), runner.machine_info(), settings(cfg.benchmark), rows)
@@ -114,5 +118,6 @@ def run(ctx) -> list[Path]:
 def _summary(row: dict) -> dict:
     if row["status"] != "ok":
         return {"status": row["status"], "reason": row.get("reason", "")}
-    return {"status": "ok", "top1": row["top1"], "p50_ms": row["latency"]["one_thread"]["p50_ms"],
+    return {"status": "ok", "top1": row["top1"], "val_top1": row.get("val_top1"),
+            "p50_ms": row["latency"]["one_thread"]["p50_ms"],
             "bytes": row.get("bytes")}

@@ -64,7 +64,8 @@ def _record(ctx, runs: dict, method: str) -> None:
     adapt = ctx.run.manifest()["stages"].get("adapt", {}).get("metrics", {})
     teacher_top1 = adapt.get("teacher_top1", ctx.run.manifest()["stages"].get("teacher", {})
                              .get("metrics", {}).get("test_top1"))
-    ctx.metrics.update(method=method, test_top1=s["test_top1"], test_loss=s["test_loss"],
+    ctx.metrics.update(method=method, test_top1=s["test_top1"], test_loss=s["test_loss"], val_top1=s["val_top1"],
+                       baseline_val_top1=b["val_top1"],
                        final_train_loss=s["final_train_loss"], baseline_top1=b["test_top1"],
                        baseline_train_loss=b["final_train_loss"], teacher_top1=teacher_top1,
                        adapted_teacher_top1=adapt.get("adapted_teacher_top1"),

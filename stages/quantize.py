@@ -1,7 +1,8 @@
 """quantize: ONNX Runtime static INT8 per deployment target (x86, ARM) and dynamic-range INT8, and
-TFLite fp32 / fp16 / full-integer int8, each evaluated on the whole test set behind an accuracy gate.
+TFLite fp32 / fp16 / full-integer int8, each behind an accuracy gate on the validation split, then evaluated
+once on the test set for the report (the gate falls back to the test set only when data.val_fraction is 0).
 
-Gate: an int8 artifact whose top-1 drop against the fp32 student exceeds quantize.max_drop points is
+Gate: an int8 artifact whose validation top-1 drop against the fp32 student exceeds quantize.max_drop points is
 retried with the next calibration method, then with the first conv and the classifier kept in float;
 if it still fails it is not written and is marked failed in the manifest with the reason. Bad input
 (empty or mis-shaped calibration set, an op the TFLite translator cannot handle, a missing converter
@@ -29,10 +30,13 @@ class Inputs:
         self.proto = onnx_tools.load(src)
         self.meta = onnx_tools.metadata(self.proto)
         ds = data.load(ctx.cfg.data, ctx.cfg.seed)
-        self.x = artifacts.normalized(ds, ds.test_x)
-        self.y = ds.test_y.numpy()
-        artifacts.check_images(self.x, self.meta["input_size"], "the test set")
+        self.split = "val" if len(ds.val_y) else "test"  # what the gate decides on
+        self.x = artifacts.normalized(ds, getattr(ds, f"{self.split}_x"))
+        self.y = getattr(ds, f"{self.split}_y").numpy()
+        self.test_x, self.test_y = artifacts.normalized(ds, ds.test_x), ds.test_y.numpy()
+        artifacts.check_images(self.test_x, self.meta["input_size"], "the test set")
         self.ref_top1 = top1(onnx_tools.logits(src, self.x, qcfg.eval_batch_size), self.y)
+        self.ref_test_top1 = top1(onnx_tools.logits(src, self.test_x, qcfg.eval_batch_size), self.test_y)
         try:
             self.calib = artifacts.calibration_images(ds, qcfg.calibration_images, ctx.cfg.seed)
         except Exception as exc:  # kept and raised by each calibrated conversion only
@@ -51,6 +55,11 @@ def top1(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
+def record_test(entry: dict, inp: Inputs, logits) -> None:
+    """The one test-set evaluation of a written artifact, for the report."""
+    entry.update(test_top1=round(top1(logits(inp.test_x), inp.test_y), 5), fp32_test_top1=round(inp.ref_test_top1, 5))
+
+
 def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: Path) -> None:
     """Build candidates from ``attempts`` ((label, build(tmp_path)) pairs) until one keeps top-1 within
     ``max_drop`` points of fp32; it becomes ``final``. Every attempt is recorded in ``entry``."""
@@ -66,13 +75,14 @@ def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: P
             except Exception as exc:  # an onnxruntime quantizer crash fails this attempt, not the stage
                 tried.append({**label, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
                 continue
-            acc = top1(evaluate(tmp), inp.y)
+            acc = top1(evaluate(tmp, inp.x), inp.y)
             drop = round((inp.ref_top1 - acc) * 100, 3)
-            tried.append({**label, "test_top1": round(acc, 5), "drop_points": drop})
+            tried.append({**label, f"{inp.split}_top1": round(acc, 5), "drop_points": drop})
             if drop <= max_drop:
                 tmp.replace(final)
-                entry.update(chosen=label, test_top1=round(acc, 5), fp32_top1=round(inp.ref_top1, 5),
-                             drop_points=drop)
+                entry.update(chosen=label, gate_split=inp.split, **{f"{inp.split}_top1": round(acc, 5)},
+                             fp32_top1=round(inp.ref_top1, 5), drop_points=drop)
+                record_test(entry, inp, lambda x: evaluate(final, x))
                 return
         finally:
             tmp.unlink(missing_ok=True)
@@ -102,7 +112,7 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
                 plan = [(m, []) for m in methods[:2]] + [(qcfg.method, float_nodes)]
                 attempts = [({"method": m, "float_nodes": f}, lambda t, m=m, f=f: ort_quant.static(
                     pre, t, calib, target, m, qcfg.per_channel, f)) for m, f in plan]
-            evaluate = lambda p: onnx_tools.logits(p, inp.x, qcfg.eval_batch_size)  # noqa: E731
+            evaluate = lambda p, x: onnx_tools.logits(p, x, qcfg.eval_batch_size)  # noqa: E731
             gate(entry, attempts, evaluate, inp, qcfg.max_drop, final)
         finally:
             pre.unlink(missing_ok=True)
@@ -152,15 +162,17 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
         entry.update({k: v for k, v in result.items() if k not in ("status", "reason")})
         if result["status"] != "ok":
             raise UserError(result["reason"])
-        acc = top1(tflite_tools.logits(final, inp.x, ctx.cfg.quantize.eval_batch_size), inp.y)
+        logits = lambda x: tflite_tools.logits(final, x, ctx.cfg.quantize.eval_batch_size)  # noqa: E731
+        acc = top1(logits(inp.x), inp.y)
         drop = round((inp.ref_top1 - acc) * 100, 3)
-        entry.update(test_top1=round(acc, 5), fp32_top1=round(inp.ref_top1, 5), drop_points=drop,
-                     weight_types=tflite_tools.weight_types(final))
+        entry.update(gate_split=inp.split, **{f"{inp.split}_top1": round(acc, 5)}, fp32_top1=round(inp.ref_top1, 5),
+                     drop_points=drop, weight_types=tflite_tools.weight_types(final))
         # TFLiteConverter calibrates with min/max only, so the fallback is to not ship the file
         if drop > ctx.cfg.quantize.max_drop:
             final.unlink()
             raise GateFailed(f"accuracy drop {drop:.2f} points > quantize.max_drop {ctx.cfg.quantize.max_drop} "
                              "(TFLite's converter offers no other calibration); not written")
+        record_test(entry, inp, logits)
 
 
 def run(ctx) -> list[Path]:
@@ -174,7 +186,8 @@ def run(ctx) -> list[Path]:
         if set(values) - set(valid):
             raise UserError(f"quantize.{key} {list(values)} holds unknown entries; valid: {', '.join(valid)}")
     inp = Inputs(ctx, artifacts.upstream(ctx, "onnx_simplified"))
-    ctx.metrics["fp32_test_top1"] = round(inp.ref_top1, 5)
+    ctx.metrics.update(fp32_test_top1=round(inp.ref_test_top1, 5), gate_split=inp.split,
+                       **{f"fp32_{inp.split}_top1": round(inp.ref_top1, 5)})
     for target in qcfg.targets:
         onnx_artifact(ctx, inp, target)
     tflite_artifacts(ctx, inp)

@@ -102,6 +102,21 @@ def test_table_drop_speedup_front_and_recommendation():
     assert report.recommended(rows, 20) == {"host": "tflite_int8"}
 
 
+def test_recommendation_reads_validation_where_measured():
+    def val(row, v):
+        return {**row, "val_top1": v}
+    rows = report.table(_doc("host", "r", [
+        val(_row("onnx_fp32", 0.90, 0.2), 0.91), val(_row("onnx_int8_x86", 0.897, 0.1, precision="int8"), 0.90),
+        val(_row("tflite_int8", 0.899, 0.05, "tflite", "int8"), 0.895)]))
+    by = {r["artifact"]: r for r in rows}
+    assert by["tflite_int8"]["val_drop_pts"] == pytest.approx(1.5) and by["tflite_int8"]["drop_pts"] == \
+        pytest.approx(0.1)
+    # on test tflite_int8 (fastest) is within 0.5 points, but the choice is made on validation, where it is not
+    assert report.recommended(rows, 0.5) == {"host": "onnx_fp32"}
+    assert report.recommended(rows, 1.0) == {"host": "onnx_int8_x86"}
+    assert "| tflite_int8 | host | 89.50 | +1.50 | 89.90 |" in "\n".join(report.splits(rows))
+
+
 @pytest.mark.parametrize("broken, message", [
     ({"schema": "other/1"}, "not a compress results file"), ({"rows": "x"}, "'rows' is missing"),
     ({"rows": [{"artifact": "a", "status": "ok"}]}, "no latency"), ({"run": {}}, "run_id"),
@@ -165,6 +180,7 @@ def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
     assert "calibration failed on purpose" in rows["onnx_int8_x86"]["reason"]
     assert "Protobuf" in rows["onnx_int8_arm"]["reason"]  # fails to load in onnxruntime; the rest still measured
     assert rows["onnx_fp32"]["top1"] == rows["torch_fp32"]["top1"] and rows["onnx_fp32"]["images"] == len(ds.test_y)
+    assert all(0 <= rows[name]["val_top1"] <= 1 for name in ok)  # the recommendation's split, measured too
     for name in ok:
         lat = rows[name]["latency"]
         assert lat["one_thread"]["runs"] >= cfg.benchmark.min_runs and lat["all_cores"]["threads"] >= 1

@@ -67,7 +67,7 @@ def test_section_hash_changes_with_content():
     ("teacher.epochs=-3", "'teacher.epochs' = -3 is out of range; it must be >= 1"),
     ("teacher.batch_size=0", "'teacher.batch_size' = 0 is out of range; it must be >= 1"),
     ("student.lr=0", "'student.lr' = 0.0 is out of range; it must be > 0.0"),
-    ("data.val_fraction=1.5", "'data.val_fraction' = 1.5 is out of range; it must be > 0.0 and < 1.0"),
+    ("data.val_fraction=1.5", "'data.val_fraction' = 1.5 is out of range; it must be >= 0.0 and < 1.0"),
     ("distill.temperature=-1", "'distill.temperature' = -1.0 is out of range; it must be > 0.0"),
     ("teacher.schedule=cosin", "'teacher.schedule' = 'cosin' is not allowed (did you mean 'cosine'?)"),
     ("quantize.targets=[x86, arn]", "'quantize.targets' = 'arn' is not allowed"),

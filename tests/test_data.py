@@ -92,8 +92,11 @@ def test_imagefolder_with_a_held_out_split(tmp_path):
             Image.new("RGB", (10, 8), (colour, i, 0)).save(tmp_path / c / f"{i}.png")
     ds = data.load(DataConfig(dataset="imagefolder", root=str(tmp_path), val_fraction=0.2), seed=0)
     assert ds.classes == ["cat", "dog"]
-    assert len(ds.test_y) == 2 and len(ds.train_y) == 8
+    # 2 of 10 held out for test, then one image of each class of the other 8 for validation
+    assert len(ds.test_y) == 2 and len(ds.train_y) == 6 and sorted(ds.val_y.tolist()) == [0, 1]
     assert ds.train_x.shape[1:] == (3, 8, 10)
+    pixels = lambda x: {tuple(img[:, 0, 0].tolist()) for img in x}  # noqa: E731 (each image is unique)
+    assert not pixels(ds.train_x) & pixels(ds.val_x) and not pixels(ds.train_x) & pixels(ds.test_x)
     (tmp_path / "dog" / "broken.png").write_bytes(b"nope")
     with pytest.raises(UserError, match="broken.png is not a readable image"):
         data.load(DataConfig(dataset="imagefolder", root=str(tmp_path)))
@@ -135,3 +138,51 @@ def test_batches_shard_across_ranks_without_overlap():
             for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 5
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
+
+
+def _images(folder, classes, n, size=(10, 8)):
+    from PIL import Image
+
+    for c, colour in classes:
+        (folder / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", size, (colour, i, 0)).save(folder / c / f"{i}.png")
+
+
+def test_imagefolder_uses_its_own_val_folder(tmp_path):
+    _images(tmp_path / "train", (("cat", 30), ("dog", 220)), 4)
+    _images(tmp_path / "val", (("cat", 31), ("dog", 221)), 1, size=(20, 16))  # resized to the training size
+    _images(tmp_path / "test", (("cat", 32), ("dog", 222)), 2)
+    ds = data.load(DataConfig(dataset="imagefolder", root=str(tmp_path), val_fraction=0.5), seed=0)
+    assert len(ds.train_y) == 8 and len(ds.test_y) == 4  # nothing carved from train: val/ is the split
+    assert ds.val_y.tolist() == [0, 1] and ds.val_x.shape == (2, 3, 8, 10)
+    assert ds.val_x[:, 0, 0, 0].tolist() == [31, 221]
+    _images(tmp_path / "val", (("bird", 5),), 1)
+    with pytest.raises(UserError, match="bird"):
+        data.load(DataConfig(dataset="imagefolder", root=str(tmp_path)))
+
+
+def test_validation_split_is_seeded_stratified_and_held_out():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    kept, held = data.split_off(y, 0.1, seed=3)
+    assert torch.bincount(y[held]).tolist() == [5, 3, 2]  # 10% of every class
+    assert sorted(kept.tolist() + held.tolist()) == list(range(100))
+    assert torch.equal(held, data.split_off(y, 0.1, seed=3)[1])
+    assert not torch.equal(held, data.split_off(y, 0.1, seed=4)[1])
+    assert len(data.split_off(y, 0.0, seed=0)[1]) == 0
+    with pytest.raises(UserError, match="val_fraction"):
+        data.split_off(y, 1.0, seed=0)
+
+
+def test_every_data_set_gets_a_validation_split_training_never_sees():
+    cfg = DataConfig(dataset="synthetic", synthetic_train=400, synthetic_test=100, val_fraction=0.25)
+    ds = data.load(cfg, seed=0)
+    assert len(ds.train_y) == 300 and len(ds.val_y) == 100 and len(ds.test_y) == 100
+    full = data.load(DataConfig(dataset="synthetic", synthetic_train=400, synthetic_test=100, val_fraction=0.0))
+    assert len(full.val_y) == 0 and len(full.train_y) == 400
+    rows = {tuple(r) for r in full.train_x.flatten(1).tolist()}
+    train = {tuple(r) for r in ds.train_x.flatten(1).tolist()}
+    val = {tuple(r) for r in ds.val_x.flatten(1).tolist()}
+    assert train | val == rows and not train & val
+    sub = data.load(DataConfig(dataset="synthetic", synthetic_train=400, val_fraction=0.25, train_subset=50))
+    assert len(sub.train_y) == 50 and torch.equal(sub.val_x, ds.val_x)  # the subset never eats into val

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import adaptive, data, distillers, models
+from pipeline import adaptive, config, data, distillers, models
 from pipeline.config import DistillConfig
 from pipeline.distillers.base import TargetCache
 from pipeline.errors import UserError
@@ -137,3 +137,28 @@ def test_joint_ama_trains_module_and_does_not_cache():
     loss.backward()
     assert all(p.grad is not None for p in task.teacher.adapters.parameters())
     assert all(p.grad is None for p in task.teacher.teacher.parameters())
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_ama_kd_target_picks_whose_logits_the_kl_follows(joint):
+    ds = _dataset()
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", 1, 3, width=0.5).eval()
+    student = models.create("resnet8", 1, 3, width=0.25)
+    adapted = adaptive.build(teacher, student, [1], 1, SIZE).eval()
+    x, y = ds.normalize(ds.train_x[:8]), ds.train_y[:8]
+    with torch.no_grad():
+        original, adapted_logits = teacher(x), adapted(x)
+    assert not torch.allclose(original, adapted_logits)  # the two readings really differ
+    seen = {}
+    for target in ("original", "adapted"):
+        task = distillers.create("ama", student, adapted, DistillConfig(kd_target=target, joint=joint), [1])
+        task.eval()
+        task.loss = lambda x_, y_, targets, t=target: (seen.__setitem__(t, targets), (torch.zeros(()), None))[1]
+        task(x, y)
+        assert set(seen[target]) == {"logits", "hint1"}
+    assert torch.allclose(seen["original"]["logits"], original, atol=1e-5)
+    assert torch.allclose(seen["adapted"]["logits"], adapted_logits, atol=1e-5)
+    assert torch.allclose(seen["original"]["hint1"], seen["adapted"]["hint1"])  # hints always from the module
+    with pytest.raises(UserError, match="'distill.kd_target' = 'teacher' is not allowed"):
+        config.load("smoke", ["distill.kd_target=teacher"])

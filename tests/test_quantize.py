@@ -61,6 +61,10 @@ def test_ort_int8_artifacts(good):
     for name in ("onnx_int8_x86", "onnx_int8_arm", "onnx_int8_dynamic"):
         assert arts[name]["status"] == "ok", arts[name]
         assert arts[name]["drop_points"] <= cfg.quantize.max_drop
+        # the gate decided on the validation split; the test split was evaluated once, for the report
+        assert arts[name]["gate_split"] == "val" and "val_top1" in arts[name]["attempts"][-1]
+        assert 0 <= arts[name]["val_top1"] <= 1 and 0 <= arts[name]["test_top1"] <= 1
+        assert arts[name]["drop_points"] == round(100 * (arts[name]["fp32_top1"] - arts[name]["val_top1"]), 3)
         proto = onnx.load(run.root / "quantize" / f"{name}.onnx")
         assert arts[name]["int8_initializers"] > 0
         conv_weights = [t for t in proto.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
@@ -71,6 +75,7 @@ def test_ort_int8_artifacts(good):
     arm = onnx.load(run.root / "quantize" / "onnx_int8_arm.onnx")
     assert _zero_point_types(x86) == {TensorProto.UINT8}  # uint8 activations on x86
     assert _zero_point_types(arm) == {TensorProto.INT8}   # int8 activations (QDQ) for ARM
+    assert ctx.metrics["gate_split"] == "val" and "fp32_val_top1" in ctx.metrics and "fp32_test_top1" in ctx.metrics
 
 
 def shifted_logits_model(cfg, shift: float = 2000.0):

@@ -1,6 +1,9 @@
 """Activation-map adaptation (our reading of Wu et al., 2020; docs/method.md): cross-entropy, KL to the
-*adapted* teacher's softened logits, and a hint loss between the student's map and the adaptive module's
+teacher's softened logits, and a hint loss between the student's map and the adaptive module's
 student-shaped map at every adapted stage.
+
+``distill.kd_target`` says whose logits the KL term follows: the ``adapted`` teacher's (the module's own
+classifier, weaker than the original) or the ``original`` teacher's, keeping only the hints from the module.
 
 With ``distill.joint`` the module keeps adapting while the student trains: it is trained on its own
 cross-entropy through the rest of the frozen teacher, and the hint loss pulls module and student toward each
@@ -9,9 +12,10 @@ step, so nothing is cached.
 """
 from __future__ import annotations
 
+import torch
+
 from pipeline.distillers import losses
 from pipeline.distillers.base import Distiller
-
 
 class ActivationMapAdaptation(Distiller):
     def __init__(self, student, teacher, dcfg, stages):
@@ -30,6 +34,8 @@ class ActivationMapAdaptation(Distiller):
 
     def teacher_targets(self, x):
         logits, hints = self.teacher.forward_hints(x)
+        if self.dcfg.kd_target == "original":
+            logits = self.teacher.teacher(x)  # the frozen original inside the adapted teacher
         return {"logits": logits, **{f"hint{i}": h for i, h in hints.items()}}
 
     def forward(self, x, y):
@@ -37,7 +43,11 @@ class ActivationMapAdaptation(Distiller):
             return super().forward(x, y)
         logits, hints = self.teacher.forward_hints(x)
         module_loss = losses.ce_loss(logits, y)
-        targets = {"logits": logits.detach(), **{f"hint{i}": h for i, h in hints.items()}}
+        soft = logits.detach()
+        if self.dcfg.kd_target == "original":
+            with torch.no_grad():
+                soft = self.teacher.teacher(x)
+        targets = {"logits": soft, **{f"hint{i}": h for i, h in hints.items()}}
         loss, student_logits = self.loss(x, y, targets)
         return loss + module_loss, student_logits
 

@@ -31,8 +31,9 @@ def new_student(cfg, ds: data_mod.Dataset, seed: int) -> models.StagedNet:
 
 
 def epochs_to(history: list[dict], target: float) -> int | None:
-    """First epoch whose test accuracy reaches ``target`` (None if none did)."""
-    return next((h["epoch"] for h in history if h["test_top1"] >= target), None)
+    """First epoch whose validation accuracy reaches ``target`` (None if none did, or there is no validation
+    split)."""
+    return next((h["epoch"] for h in history if h.get("val_top1", -1.0) >= target), None)
 
 
 def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, adapted, out_dir: Path, *,
@@ -63,7 +64,8 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
                              precision=precision, channels_last=cfg.student.channels_last), ds.train_y)
     secs = [h["epoch_seconds"] for h in hist]
     return {"model": student.cpu(), "history": hist, "method": method, "seed": seed,
-            "test_top1": hist[-1]["test_top1"], "test_loss": hist[-1]["test_loss"],
+            "test_top1": result.test["test_top1"], "test_loss": result.test["test_loss"],
+            "val_top1": hist[-1].get("val_top1"), "val_loss": hist[-1].get("val_loss"),
             "final_train_loss": train["loss"], "train_top1": train["top1"],
             "final_task_loss": hist[-1]["train_loss"],
             "seconds_per_epoch": sum(secs) / max(1, len(secs)), "cache_seconds": cache_s,

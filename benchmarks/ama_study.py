@@ -1,0 +1,175 @@
+"""The adaptive-module study (issue #9): every reading of `ama` against student, kd, fitnets and at, 5 seeds.
+
+    .venv/bin/python benchmarks/ama_study.py --root /work/study/default -c default [--seeds 5] [--jobs 2]
+    .venv/bin/python benchmarks/ama_study.py --root /work/study/study -c study --report-only
+
+Trains the teacher and the adaptive module once (ROOT/base), then runs the groups below in parallel processes,
+each in its own copy of the base run (ROOT/g<k>), through `compress compare`'s own training (compare.train_all),
+so every run is resumable and keyed by the same fingerprint. Groups that change adapt.* retrain the module in
+their copy. Finally the runs that share the base module are gathered into ROOT/all and tabled with
+`compress compare`'s table (ROOT/all/compare/compare.md); each adapt.* group gets its own table beside its runs.
+Nothing is trained twice: the student alone runs once and is copied where a table needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ORIG = "kd_target=original"
+# (adapt overrides, compare entries); entries are `compress compare` method entries
+GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+    ((), ("student", f"ama({ORIG})")),  # pairs first, seeds outermost: a stopped study still pairs its seeds
+    ((), ("kd", "ama")),
+    ((), ("fitnets",)),
+    ((), ("at",)),
+    ((), ("ama(joint=true)",)),
+    ((), (f"ama({ORIG},joint=true)",)),
+    ((), (f"ama({ORIG},hint_loss=smooth_l1)",)),
+    ((), (f"ama({ORIG},hint_weight=0.05)",)),
+    ((), (f"ama({ORIG},hint_weight=0.3)",)),
+    ((), (f"ama({ORIG},hint_weight=0.5)",)),
+    (("adapt.stages=[0]",), (f"ama({ORIG})",)),
+    (("adapt.stages=[2]",), (f"ama({ORIG})",)),
+    (("adapt.stages=[1,2]",), (f"ama({ORIG})",)),
+]
+
+
+def _sets(items) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def _methods(entries) -> str:
+    return "compare.methods=[" + ",".join(f'"{e}"' for e in entries) + "]"
+
+
+def _load(args, extra=()):
+    from pipeline import config
+
+    return config.load(args.config, [*args.set, f"compare.seeds={args.seeds}", *extra])
+
+
+def _copy_run(src: Path, dst: Path) -> None:
+    """A run folder without its comparison runs (teacher, adapt, manifest, config)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=lambda d, names: {"compare", ".lock"} & set(names))
+
+
+def worker(args) -> None:
+    from rich.console import Console
+
+    from pipeline import compare
+    from pipeline.store import RunDir
+
+    adapt, entries = GROUPS[args.group]
+    compare.train_all(_load(args, adapt), RunDir(args.root / f"g{args.group}"), Console(), list(entries))
+
+
+def _spawn(args, k: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--root", str(args.root), "-c", args.config, "--seeds", str(args.seeds),
+           "--group", str(k), *_sets(args.set)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+def run_groups(args) -> None:
+    from rich.console import Console
+
+    from pipeline import runner as runner_mod
+    from pipeline.store import RunDir
+
+    base = RunDir(args.root / "base")
+    r = runner_mod.Runner(_load(args), base, Console())
+    r.run_all(r.select(to="adapt"))
+    todo = list(args.only) if args.only else list(range(len(GROUPS)))  # in the order given
+    for k in todo:
+        _copy_run(base.root, args.root / f"g{k}")
+    running: dict[int, subprocess.Popen] = {}
+    deadline = time.time() + args.budget_s
+    while todo or running:
+        while todo and len(running) < args.jobs and time.time() < deadline:
+            k = todo.pop(0)
+            running[k] = _spawn(args, k, args.root / f"g{k}.log")
+            print(f"started group {k}: {GROUPS[k]}", flush=True)
+        for k, p in list(running.items()):
+            if p.poll() is not None:
+                print(f"group {k} finished with {p.returncode}", flush=True)
+                del running[k]
+        if time.time() > deadline:
+            todo.clear()
+        time.sleep(2)
+
+
+def gather(args) -> None:
+    """Table every finished run: ROOT/all for the base module, ROOT/g<k> for each adapt.* group."""
+    from rich.console import Console
+
+    from pipeline import compare
+    from pipeline.store import RunDir, atomic_write
+
+    console = Console()
+    all_dir = args.root / "all"
+    _copy_run(args.root / "base", all_dir)
+    for k, (adapt, entries) in enumerate(GROUPS):
+        src = args.root / f"g{k}" / "compare"
+        for e in entries if not adapt and src.exists() else ():
+            if (src / compare.folder_name(e)).exists():
+                shutil.copytree(src / compare.folder_name(e), all_dir / "compare" / compare.folder_name(e),
+                                dirs_exist_ok=True)
+    tables = [((), ["student", *[e for a, es in GROUPS if not a for e in es if e != "student"]], all_dir)]
+    for k, (adapt, entries) in enumerate(GROUPS):
+        if adapt and (args.root / f"g{k}" / "compare").exists():
+            student = all_dir / "compare" / "student"
+            if student.exists():
+                shutil.copytree(student, args.root / f"g{k}" / "compare" / "student", dirs_exist_ok=True)
+            tables.append((adapt, ["student", *entries], args.root / f"g{k}"))
+    for adapt, entries, folder in tables:
+        cfg = _load(args, [*adapt, _methods(entries)])
+        results = compare.train_all(cfg, RunDir(folder), console, entries, train=False)
+        results = {e: rs for e, rs in results.items() if rs}
+        if "student" not in results:
+            continue
+        console.rule(f"{folder} {' '.join(adapt)}")
+        summary = compare.report(cfg, RunDir(folder), console, results)
+        atomic_write(folder / "compare" / "claims.md", claims_md(summary))
+        console.print(claims_md(summary), highlight=False)
+
+
+def claims_md(summary: dict) -> str:
+    """The paper's claims for every ama row of a table (benchmarks/distill_compare.py's checks)."""
+    from distill_compare import claims
+
+    out = []
+    for name in (m for m in summary if m.startswith("ama")):
+        out += ["", f"| claim (Wu et al., 2020), {name} | measured | holds |", "|---|---|---|"]
+        out += [f"| {c} | {m} | {'yes' if ok else 'no'} |" for c, m, ok in claims(summary, name)]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("-c", "--config", default="default")
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=2, help="groups trained at once")
+    ap.add_argument("--only", type=int, action="append", help="run only these group numbers")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="start no group after this many seconds")
+    ap.add_argument("--group", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--report-only", action="store_true", help="only table what has finished")
+    args = ap.parse_args()
+    sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+    import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # one thread per process unless told
+    if args.group is not None:
+        return worker(args)
+    if not args.report_only:
+        run_groups(args)
+    gather(args)
+
+
+if __name__ == "__main__":
+    main()
