@@ -19,7 +19,7 @@ def nets():
     """Every registered model at a small width, with its stage maps for one batch."""
     torch.manual_seed(0)
     out = {}
-    for name in models.REGISTRY:
+    for name in models.CIFAR_NETS:
         net = models.create(name, 1, 5, width=PAIR_WIDTH).eval()
         with torch.no_grad():
             _, maps = net.forward_maps(torch.randn(2, 1, PAIR_SIZE, PAIR_SIZE))

@@ -21,7 +21,7 @@ def matrix(tmp_path_factory):
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
     jobs, onnx_logits = [], {}
-    for arch in models.REGISTRY:
+    for arch in models.CIFAR_NETS:
         model = models.create(arch, 3, 5, 0.25).eval()
         path = root / f"{arch}.onnx"
         onnx_tools.export(model, path, 3, 8, 17)
@@ -29,10 +29,10 @@ def matrix(tmp_path_factory):
         meta = {"arch": arch, "input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcde")}
         jobs.append((path, {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS}, meta, x.numpy()))
     results = tflite_tools.convert_many(jobs)
-    return root, x.numpy(), onnx_logits, dict(zip(models.REGISTRY, results))
+    return root, x.numpy(), onnx_logits, dict(zip(models.CIFAR_NETS, results))
 
 
-@pytest.mark.parametrize("arch", list(models.REGISTRY))
+@pytest.mark.parametrize("arch", list(models.CIFAR_NETS))
 def test_tflite_matrix(matrix, arch):
     root, x, onnx_logits, results = matrix
     ref = onnx_logits[arch]
