@@ -51,6 +51,8 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     eval_batch_size: int = 1000
+    weights: str = ""
+    backbone_lr: float = 0.1
 
 
 @dataclass(frozen=True)
