@@ -2,8 +2,8 @@
 
 For each adapted teacher stage ``i`` a small trainable ``Adapter`` replaces the teacher's stage: it takes the
 teacher's input to stage ``i`` and produces a map of exactly the shape of the student's stage at the same
-resolution (channels, height, width; see ``plan``); a 1x1 projection maps that back to the teacher's width so the teacher's later stages run on it.
-The student-shaped map is the hint the student learns from.
+resolution (channels, height, width; see ``plan``); a 1x1 projection maps that back to the teacher's width so
+the teacher's later stages run on it. The student-shaped map is the hint the student learns from.
 """
 from __future__ import annotations
 

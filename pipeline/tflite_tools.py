@@ -1,5 +1,5 @@
-"""TFLite side of the pipeline, without importing TensorFlow here: the conversion runs in a
-subprocess (pipeline/tf_translate.py); running models and reading metadata use ai_edge_litert only."""
+"""TFLite side of the pipeline: the conversion runs litert-torch in a subprocess (pipeline/litert_convert.py
+says why); running models and reading metadata use ai_edge_litert only."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import numpy as np
 from pipeline.errors import UserError
 
 METADATA_NAME = "compress"
+CONVERTER = [sys.executable, "-m", "pipeline.litert_convert"]  # a list, so tests can substitute a crashing one
 
 
 def _require(module: str, pin: str) -> None:
@@ -23,24 +24,25 @@ def _require(module: str, pin: str) -> None:
                         f"'.venv/bin/pip install {pin}' or drop the TFLite precisions (quantize.tflite=[])")
 
 
-def convert(onnx_path: Path, outputs: dict, metadata: dict, calibration: np.ndarray | None,
-            timeout: float = 600) -> dict:
-    """Convert ``onnx_path`` to each precision in ``outputs`` ({precision: path}) in a subprocess.
+def convert(checkpoint: Path, outputs: dict, metadata: dict, calibration: np.ndarray | None,
+            timeout: float = 1200) -> dict:
+    """Convert the compress checkpoint ``checkpoint`` to each precision in ``outputs`` ({precision: path}) in
+    a subprocess. ``calibration``: normalised NCHW float images for int8.
 
     Returns {precision: {"status": ..., "reason" or the input/output quantization params}}.
     """
-    return convert_many([(onnx_path, outputs, metadata, calibration)], timeout)[0]
+    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout)[0]
 
 
-def convert_many(jobs: list[tuple], timeout: float = 600) -> list[dict]:
-    """Several conversions in one subprocess (TensorFlow starts once); a crash of that process
+def convert_many(jobs: list[tuple], timeout: float = 1200) -> list[dict]:
+    """Several conversions in one subprocess (litert-torch starts once); a crash of that process
     becomes a failed entry for every precision of every job."""
-    _require("tensorflow", "tensorflow-cpu==2.21.0")
+    _require("litert_torch", "litert-torch==0.10.0")
     _require("ai_edge_litert", "ai-edge-litert==2.3.0")
     with tempfile.TemporaryDirectory(prefix="tflite-job-") as tmp:
         spec = {"result": str(Path(tmp) / "result.json"), "jobs": []}
-        for i, (onnx_path, outputs, metadata, calibration) in enumerate(jobs):
-            job = {"onnx": str(onnx_path), "outputs": {k: str(v) for k, v in outputs.items()},
+        for i, (checkpoint, outputs, metadata, calibration) in enumerate(jobs):
+            job = {"checkpoint": str(checkpoint), "outputs": {k: str(v) for k, v in outputs.items()},
                    "metadata": metadata, "calibration": None}
             if calibration is not None:
                 job["calibration"] = str(Path(tmp) / f"calibration{i}.npy")
@@ -55,12 +57,12 @@ def convert_many(jobs: list[tuple], timeout: float = 600) -> list[dict]:
 
 
 def _run_subprocess(jobs_file: Path, timeout: float) -> str | None:
-    """Run pipeline.tf_translate on ``jobs_file``; None on success, else why it failed."""
+    """Run pipeline.litert_convert on ``jobs_file``; None on success, else why it failed."""
     import os
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.tf_translate", str(jobs_file)], capture_output=True,
+        proc = subprocess.run(CONVERTER + [str(jobs_file)], capture_output=True,
                               text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
     except subprocess.TimeoutExpired:
         return f"TFLite conversion timed out after {timeout:.0f} s"

@@ -1,5 +1,6 @@
-"""TFLite side (slow: TensorFlow starts in a subprocess): export matrix over every registered
-architecture and precision, int8 tensor types, metadata read back, and the full quantize stage."""
+"""TFLite side (slow: litert-torch converts in a subprocess): matrix over our CIFAR nets and every
+precision, int8 tensor types, metadata read back, and the full quantize stage. The torchvision nets have
+their own matrix in test_export_torchvision.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """Every registered architecture at width 0.25 and 8 px, exported to ONNX and converted to each
-    TFLite precision in one converter process."""
+    """Every CIFAR net at width 0.25 and 8 px, exported to ONNX (the reference) and converted from its
+    checkpoint to each TFLite precision in one converter process."""
     root = tmp_path_factory.mktemp("matrix")
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
@@ -26,8 +27,10 @@ def matrix(tmp_path_factory):
         path = root / f"{arch}.onnx"
         onnx_tools.export(model, path, 3, 8, 17)
         onnx_logits[arch] = onnx_tools.logits(path, x.numpy())
+        ckpt = models.save_checkpoint(root / f"{arch}.pt", model, arch, 0.25,
+                                      {"channels": 3, "classes": list("abcde"), "size": 8})
         meta = {"arch": arch, "input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcde")}
-        jobs.append((path, {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS}, meta, x.numpy()))
+        jobs.append((ckpt, {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS}, meta, x.numpy()))
     results = tflite_tools.convert_many(jobs)
     return root, x.numpy(), onnx_logits, dict(zip(models.CIFAR_NETS, results))
 
@@ -86,13 +89,7 @@ def test_tflite_int8_gate_fails_bad_model_and_goes_on(tmp_path):
     assert arts["tflite_fp32"]["status"] == "ok" and ctx.error is None
 
 
-def test_unsupported_op_fails_tflite_with_its_name(tmp_path):
-    from onnx import TensorProto, helper
-
-    node = helper.make_node("Sigmoid", ["input"], ["logits"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 4, 4])])
-    path = tmp_path / "sig.onnx"
-    path.write_bytes(helper.make_model(graph).SerializeToString())
-    result = tflite_tools.convert(path, {"fp32": tmp_path / "x.tflite"}, {"input_size": [1, 4, 4]}, None)
-    assert result["fp32"]["status"] == "failed" and "Sigmoid" in result["fp32"]["reason"]
+def test_bad_checkpoint_fails_tflite_with_the_reason(tmp_path):
+    result = tflite_tools.convert(tmp_path / "missing.pt", {"fp32": tmp_path / "x.tflite"}, {"input_size": [1, 4, 4]},
+                                  None)
+    assert result["fp32"]["status"] == "failed" and "does not exist" in result["fp32"]["reason"]

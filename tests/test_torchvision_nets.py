@@ -171,3 +171,21 @@ def test_channel_adaptation_keeps_the_response_of_a_grey_image():
     one = torch.nn.functional.conv2d(grey, weights_mod.adapt_channels(w, 1))
     assert torch.allclose(one, torch.nn.functional.conv2d(rgb, w), atol=1e-5)
     assert weights_mod.adapt_channels(w, 4).shape == (8, 4, 3, 3)
+
+
+def test_teacher_epochs_0_uses_the_weights_as_given(tmp_path):
+    from student_fixture import make_run, run_stage, smoke_config
+
+    given = models.create("resnet8", 1, 4, 0.5).eval()
+    meta = {"channels": 1, "classes": ["c0", "c1", "c2", "c3"], "size": 16}
+    path = models.save_checkpoint(tmp_path / "given.pt", given, "resnet8", 0.5, meta)
+    cfg = smoke_config("teacher.epochs=0", f"teacher.weights={path}")
+    run = make_run(tmp_path / "run", cfg, steps=0)
+    ctx = run_stage(run, cfg, "teacher")
+    assert ctx.metrics["epochs"] == 0 and 0 <= ctx.metrics["test_top1"] <= 1
+    written, ckpt = models.load_model(run.root / "teacher" / "model.pt", expect_arch="resnet8")
+    for a, b in zip(given.state_dict().values(), written.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not (run.root / "teacher" / "metrics.jsonl").exists()  # nothing was trained
+    with pytest.raises(UserError, match="teacher.weights is empty"):
+        run_stage(run, smoke_config("teacher.epochs=0"), "teacher")
