@@ -35,8 +35,8 @@ def convert(checkpoint: Path, outputs: dict, metadata: dict, calibration: np.nda
 
 
 def convert_many(jobs: list[tuple], timeout: float = 1200) -> list[dict]:
-    """Several conversions in one subprocess (litert-torch starts once); a crash of that process
-    becomes a failed entry for every precision of every job."""
+    """Several conversions in one subprocess (litert-torch starts once), ``timeout`` seconds per job; a crash
+    of that process becomes a failed entry for every precision of every job."""
     _require("litert_torch", "litert-torch==0.10.0")
     _require("ai_edge_litert", "ai-edge-litert==2.3.0")
     with tempfile.TemporaryDirectory(prefix="tflite-job-") as tmp:
@@ -49,7 +49,7 @@ def convert_many(jobs: list[tuple], timeout: float = 1200) -> list[dict]:
                 np.save(job["calibration"], calibration)
             spec["jobs"].append(job)
         (Path(tmp) / "jobs.json").write_text(json.dumps(spec))
-        failed = _run_subprocess(Path(tmp) / "jobs.json", timeout)
+        failed = _run_subprocess(Path(tmp) / "jobs.json", timeout * len(jobs))
         if failed is None and Path(spec["result"]).exists():
             return json.loads(Path(spec["result"]).read_text())
         return [{p: {"status": "failed", "reason": failed or "no result"} for p in outputs}

@@ -1,6 +1,6 @@
 """Export matrix of the torchvision nets (slow): each net x {ONNX fp32, ONNX int8 (QDQ), TFLite fp32, fp16,
-int8} at 32 px, checked against PyTorch on the same inputs. All TFLite conversions share one converter
-process, as the quantize stage's do."""
+int8} at 32 px, checked against PyTorch on the same inputs. A net's three TFLite precisions share one
+converter process, as the quantize stage's do."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,20 +28,31 @@ def _net(arch: str):
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
+    """Per net, made when a test first asks for it (so ``-k`` chooses which nets are converted): PyTorch's
+    logits, the ONNX export, and the three TFLite precisions converted from its checkpoint in one process."""
     root = tmp_path_factory.mktemp("tv")
     x = torch.randn(32, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    ref, jobs = {}, []
-    meta = {"channels": 3, "classes": list("abcde"), "size": SIZE}
-    for arch in NETS:
-        model = _net(arch)
-        with torch.no_grad():
-            ref[arch] = model(x).numpy()
-        onnx_tools.export(model, root / f"{arch}.onnx", 3, SIZE, 17)
-        ckpt = models.save_checkpoint(root / f"{arch}.pt", model, arch, 1.0, meta)
-        jobs.append((ckpt, {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS},
-                     {"arch": arch, "input_size": [3, SIZE, SIZE], "classes": list("abcde")}, x.numpy()))
-    results = dict(zip(NETS, tflite_tools.convert_many(jobs)))
-    return root, x.numpy(), ref, results
+    ref: dict = {}
+    tflite: dict = {}
+
+    def torch_side(arch: str) -> np.ndarray:
+        if arch not in ref:
+            model = _net(arch)
+            with torch.no_grad():
+                ref[arch] = model(x).numpy()
+            onnx_tools.export(model, root / f"{arch}.onnx", 3, SIZE, 17)
+            models.save_checkpoint(root / f"{arch}.pt", model, arch, 1.0,
+                                   {"channels": 3, "classes": list("abcde"), "size": SIZE})
+        return ref[arch]
+
+    def tflite_side(arch: str) -> dict:
+        torch_side(arch)
+        if arch not in tflite:
+            outputs = {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS}
+            meta = {"arch": arch, "input_size": [3, SIZE, SIZE], "classes": list("abcde")}
+            tflite[arch] = tflite_tools.convert(root / f"{arch}.pt", outputs, meta, x.numpy())
+        return tflite[arch]
+    return root, x.numpy(), torch_side, tflite_side
 
 
 def _close(out: np.ndarray, ref: np.ndarray, rel: float) -> None:
@@ -51,24 +62,26 @@ def _close(out: np.ndarray, ref: np.ndarray, rel: float) -> None:
 
 @pytest.mark.parametrize("arch", NETS)
 def test_onnx_fp32_and_int8(matrix, arch, tmp_path):
-    root, x, ref, _ = matrix
+    root, x, torch_side, _ = matrix
+    ref = torch_side(arch)
     src = root / f"{arch}.onnx"
-    _close(onnx_tools.logits(src, x), ref[arch], 1e-4)
+    _close(onnx_tools.logits(src, x), ref, 1e-4)
     pre = tmp_path / "pre.onnx"
     ort_quant.preprocess(src, pre)
     ort_quant.static(pre, tmp_path / "int8.onnx", x, "arm", "MinMax", True, [])
     assert ort_quant.int8_weights(onnx_tools.load(tmp_path / "int8.onnx")) > 0
-    _close(onnx_tools.logits(tmp_path / "int8.onnx", x), ref[arch], 0.35)
+    _close(onnx_tools.logits(tmp_path / "int8.onnx", x), ref, 0.35)
 
 
 @pytest.mark.parametrize("arch", NETS)
 def test_tflite_precisions(matrix, arch):
-    root, x, ref, results = matrix
+    root, x, torch_side, tflite_side = matrix
+    ref, result = torch_side(arch), tflite_side(arch)
     bound = {"fp32": 1e-4, "fp16": 0.03, "int8": 0.35}
     for precision in PRECISIONS:
-        assert results[arch][precision]["status"] == "ok", results[arch][precision]
+        assert result[precision]["status"] == "ok", result[precision]
         path = root / f"{arch}_{precision}.tflite"
-        _close(tflite_tools.logits(path, x, batch=8), ref[arch], bound[precision])
+        _close(tflite_tools.logits(path, x, batch=8), ref, bound[precision])
         meta = tflite_tools.metadata(path)
         assert meta["arch"] == arch and meta["layout"] == "NHWC" and meta["input_size"] == [SIZE, SIZE, 3]
         types = tflite_tools.weight_types(path)
