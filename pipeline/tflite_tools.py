@@ -86,6 +86,8 @@ def logits(path: Path, x_nchw: np.ndarray, batch: int = 500, threads: int = 2) -
     """Run normalised float NCHW images through a TFLite model (NHWC input); float32 logits.
 
     int8 models get their input quantized and their output dequantized with the file's own parameters.
+    A graph with a fixed batch (litert-torch writes batch 1; ShuffleNet's channel-shuffle reshapes cannot
+    take another) runs image by image.
     """
     interp = interpreter(path, threads)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -94,13 +96,34 @@ def logits(path: Path, x_nchw: np.ndarray, batch: int = 500, threads: int = 2) -
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         if current != len(xb):
-            interp.resize_tensor_input(inp["index"], [len(xb), *x.shape[1:]])
-            interp.allocate_tensors()
+            if not _resize(interp, inp, [len(xb), *x.shape[1:]]):
+                return np.concatenate(results + [logits_one_by_one(interp, x[i:], inp, out)])
             current = len(xb)
         interp.set_tensor(inp["index"], _to_input(xb, inp))
         interp.invoke()
         results.append(_from_output(interp.get_tensor(out["index"]), out))
     return np.concatenate(results)
+
+
+def _resize(interp, inp: dict, shape: list) -> bool:
+    """Give the input ``shape``; False, with batch 1 set again, where the graph refuses it."""
+    try:
+        interp.resize_tensor_input(inp["index"], shape)
+        interp.allocate_tensors()
+        return True
+    except (ValueError, RuntimeError):
+        interp.resize_tensor_input(inp["index"], [1, *shape[1:]])
+        interp.allocate_tensors()
+        return False
+
+
+def logits_one_by_one(interp, x_nhwc: np.ndarray, inp: dict, out: dict) -> np.ndarray:
+    rows = []
+    for image in x_nhwc:
+        interp.set_tensor(inp["index"], _to_input(image[None], inp))
+        interp.invoke()
+        rows.append(_from_output(interp.get_tensor(out["index"]), out))
+    return np.concatenate(rows)
 
 
 def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
