@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args()
     cfg, run = prepare(args.run_dir, args.student)
-    seconds = run_stages(cfg, run)  # TensorFlow only ever runs in the converter's subprocess
+    seconds = run_stages(cfg, run)  # litert-torch only ever runs in the converter's subprocess
     agree, x1 = torch_agreement(cfg, run)
     text = table(cfg, run, seconds, agree, x1, args.runs)
     print(text)

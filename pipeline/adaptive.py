@@ -1,9 +1,9 @@
 """The activation-map adaptive module (our reading of Wu et al., 2020; see docs/method.md).
 
 For each adapted teacher stage ``i`` a small trainable ``Adapter`` replaces the teacher's stage: it takes the
-teacher's input to stage ``i`` and produces a map of exactly the student's shape at stage ``i`` (channels,
-height, width); a 1x1 projection maps that back to the teacher's width so the teacher's later stages run on it.
-The student-shaped map is the hint the student learns from.
+teacher's input to stage ``i`` and produces a map of exactly the shape of the student's stage at the same
+resolution (channels, height, width; see ``plan``); a 1x1 projection maps that back to the teacher's width so
+the teacher's later stages run on it. The student-shaped map is the hint the student learns from.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
-from pipeline.models import StagedNet
 
 
 class Adapter(nn.Module):
@@ -26,7 +25,7 @@ class Adapter(nn.Module):
                                   nn.ReLU(inplace=True))
 
 
-def stage_shapes(net: StagedNet, channels: int, size: int) -> tuple[list[tuple], list[tuple]]:
+def stage_shapes(net: nn.Module, channels: int, size: int) -> tuple[list[tuple], list[tuple]]:
     """(C, H, W) of every stage's input and output for one image of ``channels`` x ``size`` x ``size``."""
     was_training = net.training
     net.eval()
@@ -41,26 +40,38 @@ def stage_shapes(net: StagedNet, channels: int, size: int) -> tuple[list[tuple],
     return ins, outs
 
 
-def plan(teacher: StagedNet, student: StagedNet, stages, channels: int, size: int) -> list[dict]:
-    """For each adapted stage: the adapter's input channels, output shape and stride; a clear error otherwise."""
+def _resolutions(outs: list[tuple], size: int) -> str:
+    return ", ".join(f"{h}x{w} (stride {size // h})" if h else f"{h}x{w}" for _, h, w in outs)
+
+
+def plan(teacher: nn.Module, student: nn.Module, stages, channels: int, size: int) -> list[dict]:
+    """For each adapted teacher stage: the adapter's input channels, output shape and stride, and the
+    student stage of the same resolution; a clear error otherwise.
+
+    Stages are aligned by resolution, not by index: unlike nets (a ResNet teacher, a MobileNet student)
+    have different numbers of stages, but a teacher map at stride s is paired with the student's at s.
+    """
     t_in, t_out = stage_shapes(teacher, channels, size)
     _, s_out = stage_shapes(student, channels, size)
-    if len(t_out) != len(s_out):
-        raise UserError(f"teacher has {len(t_out)} stages but the student {len(s_out)}; pick a student with "
-                        "the same number of resolution stages")
+    by_res = {o[1:]: j for j, o in reversed(list(enumerate(s_out)))}  # the first student stage at a resolution
+    common = [i for i, o in enumerate(t_out) if o[1:] in by_res]
+    if not common:
+        raise UserError(f"teacher and student share no map resolution at {size} px: the teacher's maps are "
+                        f"{_resolutions(t_out, size)}, the student's {_resolutions(s_out, size)}")
     if not stages:
         raise UserError("adapt.stages is empty; list at least one teacher stage, e.g. [1]")
     specs = []
     for i in sorted(set(stages)):
         if not 0 <= i < len(t_out):
             raise UserError(f"adapt.stages has {i}, out of range: the teacher's stages are 0..{len(t_out) - 1}")
-        (cin, hin, win), (cs, hs, ws), (ct, ht, wt) = t_in[i], s_out[i], t_out[i]
-        if (hs, ws) != (ht, wt) or hin % hs or win % ws:
-            raise UserError(f"stage {i}: the student's map is {hs}x{ws} but the teacher's is {ht}x{wt} "
-                            f"(from {hin}x{win}); these activation maps cannot be aligned: pick another "
-                            "student/teacher pair or adapt.stages")
-        specs.append({"stage": i, "in_channels": cin, "student_shape": (cs, hs, ws), "stride": hin // hs,
-                      "teacher_channels": ct})
+        (cin, hin, win), (ct, ht, wt) = t_in[i], t_out[i]
+        j = by_res.get((ht, wt))
+        if j is None or hin % ht or win % wt:
+            raise UserError(f"adapt.stages has {i}, whose {ht}x{wt} map no student stage has; stages with a "
+                            f"student match: {common} (teacher maps {_resolutions(t_out, size)}, student maps "
+                            f"{_resolutions(s_out, size)})")
+        specs.append({"stage": i, "student_stage": j, "in_channels": cin, "student_shape": tuple(s_out[j]),
+                      "stride": hin // ht, "teacher_channels": ct})
     return specs
 
 
@@ -68,7 +79,7 @@ class AdaptedTeacher(nn.Module):
     """The teacher with some stages replaced by adapters. ``forward`` gives logits; ``forward_hints`` also
     gives the adapters' student-shaped maps. The teacher's own weights are frozen."""
 
-    def __init__(self, teacher: StagedNet, specs: list[dict]):
+    def __init__(self, teacher: nn.Module, specs: list[dict]):
         super().__init__()
         self.teacher = teacher
         for p in teacher.parameters():
@@ -81,6 +92,11 @@ class AdaptedTeacher(nn.Module):
     @property
     def stages(self) -> list[int]:
         return [s["stage"] for s in self.specs]
+
+    @property
+    def student_stages(self) -> dict[int, int]:
+        """Adapted teacher stage -> the student stage whose map its hint matches."""
+        return {s["stage"]: s.get("student_stage", s["stage"]) for s in self.specs}
 
     def train(self, mode: bool = True):
         """Only the adapters ever train; the frozen teacher keeps its BatchNorm statistics."""
@@ -114,11 +130,11 @@ class AdaptedTeacher(nn.Module):
                 "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.adapters.state_dict().items()}}
 
 
-def build(teacher: StagedNet, student: StagedNet, stages, channels: int, size: int) -> AdaptedTeacher:
+def build(teacher: nn.Module, student: nn.Module, stages, channels: int, size: int) -> AdaptedTeacher:
     return AdaptedTeacher(teacher, plan(teacher, student, stages, channels, size))
 
 
-def load_adapted(path, teacher: StagedNet, student: StagedNet, channels: int, size: int) -> AdaptedTeacher:
+def load_adapted(path, teacher: nn.Module, student: nn.Module, channels: int, size: int) -> AdaptedTeacher:
     """Rebuild the adapted teacher that adapt/adapted.pt describes, checking it fits this teacher/student."""
     from pipeline.models import read_checkpoint
 

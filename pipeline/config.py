@@ -49,7 +49,7 @@ class DataConfig:
 class TrainConfig:
     arch: str = "resnet20"
     width: float = check(1.0, gt=0.0)
-    epochs: int = check(8, ge=1)
+    epochs: int = check(8, ge=0)  # 0 only for the teacher: use teacher.weights as given (see _check_whole)
     batch_size: int = check(128, ge=1)
     lr: float = check(0.2, gt=0.0)
     momentum: float = check(0.9, ge=0.0, lt=1.0)
@@ -61,6 +61,8 @@ class TrainConfig:
     precision: str = check("auto", choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = True
     eval_batch_size: int = check(1000, ge=1)
+    weights: str = ""
+    backbone_lr: float = check(0.1, gt=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -315,11 +317,21 @@ def load(config: str | None = None, overrides: typing.Sequence[str] = ()) -> Con
         values = _read_yaml(resolve_path(config))
     for item in overrides:
         values = _merge(values, parse_set(item))
-    return _build(Config, values)
+    return from_dict(values)
 
 
 def from_dict(values: dict) -> Config:
-    return _build(Config, values)
+    return _check_whole(_build(Config, values))
+
+
+def _check_whole(cfg: Config) -> Config:
+    """Rules that span keys: a student always trains; a teacher that does not needs weights to start from."""
+    if cfg.student.epochs < 1:
+        raise UserError(f"config key 'student.epochs' = {cfg.student.epochs} is out of range; it must be >= 1")
+    if cfg.teacher.epochs == 0 and not cfg.teacher.weights:
+        raise UserError("teacher.epochs is 0 (use the weights as given) but teacher.weights is empty; "
+                        "give a weights file or train for at least one epoch")
+    return cfg
 
 
 def dump(cfg: Config) -> str:

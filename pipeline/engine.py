@@ -143,11 +143,24 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> dict:
 
 # --- training ------------------------------------------------------------------------------------------
 
+def param_groups(task: nn.Module, model: nn.Module, lr: float, backbone_lr: float) -> list[dict]:
+    """The trainable parameters of ``task``: those ``model`` loaded from the user's weights
+    (``model.loaded_params``, see models.create_from) at ``backbone_lr`` x ``lr``, fresh ones (a new
+    classifier, distillation regressors) at ``lr``: fine-tuning must not wreck what was learnt."""
+    loaded = getattr(model, "loaded_params", frozenset())
+    old_ids = {id(p) for n, p in model.named_parameters() if n in loaded}
+    params = [p for p in task.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in old_ids], "lr": lr},
+              {"params": [p for p in params if id(p) in old_ids], "lr": lr * backbone_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizer(params, cfg: TrainConfig, steps: int):
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                    total_steps=steps,
                                                     pct_start=cfg.warmup_fraction, div_factor=10,
                                                     final_div_factor=100)
     elif cfg.schedule == "cosine":
@@ -200,7 +213,7 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     steps_per_epoch = (len(ds.train_y) // d.world) // cfg.batch_size
     if steps_per_epoch < 1:
         raise UserError(f"batch size {cfg.batch_size} is larger than the training set; lower {label}.batch_size")
-    trainable = [p for p in task.parameters() if p.requires_grad]
+    trainable = param_groups(task, model, cfg.lr, getattr(cfg, "backbone_lr", 1.0))
     opt, sched = make_optimizer(trainable, cfg, steps_per_epoch * cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
     result = FitResult()

@@ -31,7 +31,7 @@ def export(model, path: Path, channels: int, size: int, opset: int) -> None:
     """PyTorch -> ONNX with a named input/output and a dynamic batch axis.
 
     The legacy TorchScript exporter is used on purpose: the dynamo exporter refuses opset 17, writes
-    external weight files by default and loads triton, which segfaults next to TensorFlow (TOOLCHAIN.md).
+    external weight files by default and loads triton at import (TOOLCHAIN.md).
     """
     import torch
 

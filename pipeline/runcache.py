@@ -72,8 +72,10 @@ class RunCache:
         entries = []
         for path in (self.root / "stages" / stage).glob("*.json"):
             with contextlib.suppress(OSError, json.JSONDecodeError):
-                entries.append(json.loads(path.read_text()))
-        return sorted(entries, key=lambda e: e.get("finished", ""), reverse=True)
+                entries.append((json.loads(path.read_text()), path.stat().st_mtime_ns))
+        # "finished" is to the second; the entry file's own time breaks ties between stages that ran in one second
+        entries.sort(key=lambda e: (e[0].get("finished", ""), e[1]), reverse=True)
+        return [e for e, _ in entries]
 
     def size(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "objects").rglob("*") if p.is_file())

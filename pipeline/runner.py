@@ -91,7 +91,7 @@ def _barrier() -> None:
 
 def _env() -> dict:
     versions = {}
-    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "onnxsim", "tensorflow-cpu", "ai-edge-litert"):
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

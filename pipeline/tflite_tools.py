@@ -1,5 +1,5 @@
-"""TFLite side of the pipeline, without importing TensorFlow here: the conversion runs in a
-subprocess (pipeline/tf_translate.py); running models and reading metadata use ai_edge_litert only."""
+"""TFLite side of the pipeline: the conversion runs litert-torch in a subprocess (pipeline/litert_convert.py
+says why); running models and reading metadata use ai_edge_litert only."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import numpy as np
 from pipeline.errors import UserError
 
 METADATA_NAME = "compress"
+CONVERTER = [sys.executable, "-m", "pipeline.litert_convert"]  # a list, so tests can substitute a crashing one
 
 
 def _require(module: str, pin: str) -> None:
@@ -23,31 +24,32 @@ def _require(module: str, pin: str) -> None:
                         f"'.venv/bin/pip install {pin}' or drop the TFLite precisions (quantize.tflite=[])")
 
 
-def convert(onnx_path: Path, outputs: dict, metadata: dict, calibration: np.ndarray | None,
-            timeout: float = 600) -> dict:
-    """Convert ``onnx_path`` to each precision in ``outputs`` ({precision: path}) in a subprocess.
+def convert(checkpoint: Path, outputs: dict, metadata: dict, calibration: np.ndarray | None,
+            timeout: float = 1200) -> dict:
+    """Convert the compress checkpoint ``checkpoint`` to each precision in ``outputs`` ({precision: path}) in
+    a subprocess. ``calibration``: normalised NCHW float images for int8.
 
     Returns {precision: {"status": ..., "reason" or the input/output quantization params}}.
     """
-    return convert_many([(onnx_path, outputs, metadata, calibration)], timeout)[0]
+    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout)[0]
 
 
-def convert_many(jobs: list[tuple], timeout: float = 600) -> list[dict]:
-    """Several conversions in one subprocess (TensorFlow starts once); a crash of that process
-    becomes a failed entry for every precision of every job."""
-    _require("tensorflow", "tensorflow-cpu==2.21.0")
+def convert_many(jobs: list[tuple], timeout: float = 1200) -> list[dict]:
+    """Several conversions in one subprocess (litert-torch starts once), ``timeout`` seconds per job; a crash
+    of that process becomes a failed entry for every precision of every job."""
+    _require("litert_torch", "litert-torch==0.10.0")
     _require("ai_edge_litert", "ai-edge-litert==2.3.0")
     with tempfile.TemporaryDirectory(prefix="tflite-job-") as tmp:
         spec = {"result": str(Path(tmp) / "result.json"), "jobs": []}
-        for i, (onnx_path, outputs, metadata, calibration) in enumerate(jobs):
-            job = {"onnx": str(onnx_path), "outputs": {k: str(v) for k, v in outputs.items()},
+        for i, (checkpoint, outputs, metadata, calibration) in enumerate(jobs):
+            job = {"checkpoint": str(checkpoint), "outputs": {k: str(v) for k, v in outputs.items()},
                    "metadata": metadata, "calibration": None}
             if calibration is not None:
                 job["calibration"] = str(Path(tmp) / f"calibration{i}.npy")
                 np.save(job["calibration"], calibration)
             spec["jobs"].append(job)
         (Path(tmp) / "jobs.json").write_text(json.dumps(spec))
-        failed = _run_subprocess(Path(tmp) / "jobs.json", timeout)
+        failed = _run_subprocess(Path(tmp) / "jobs.json", timeout * len(jobs))
         if failed is None and Path(spec["result"]).exists():
             return json.loads(Path(spec["result"]).read_text())
         return [{p: {"status": "failed", "reason": failed or "no result"} for p in outputs}
@@ -55,12 +57,12 @@ def convert_many(jobs: list[tuple], timeout: float = 600) -> list[dict]:
 
 
 def _run_subprocess(jobs_file: Path, timeout: float) -> str | None:
-    """Run pipeline.tf_translate on ``jobs_file``; None on success, else why it failed."""
+    """Run pipeline.litert_convert on ``jobs_file``; None on success, else why it failed."""
     import os
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.tf_translate", str(jobs_file)], capture_output=True,
+        proc = subprocess.run(CONVERTER + [str(jobs_file)], capture_output=True,
                               text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
     except subprocess.TimeoutExpired:
         return f"TFLite conversion timed out after {timeout:.0f} s"
@@ -84,6 +86,8 @@ def logits(path: Path, x_nchw: np.ndarray, batch: int = 500, threads: int = 2) -
     """Run normalised float NCHW images through a TFLite model (NHWC input); float32 logits.
 
     int8 models get their input quantized and their output dequantized with the file's own parameters.
+    A graph with a fixed batch (litert-torch writes batch 1; ShuffleNet's channel-shuffle reshapes cannot
+    take another) runs image by image.
     """
     interp = interpreter(path, threads)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -92,13 +96,34 @@ def logits(path: Path, x_nchw: np.ndarray, batch: int = 500, threads: int = 2) -
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         if current != len(xb):
-            interp.resize_tensor_input(inp["index"], [len(xb), *x.shape[1:]])
-            interp.allocate_tensors()
+            if not _resize(interp, inp, [len(xb), *x.shape[1:]]):
+                return np.concatenate(results + [logits_one_by_one(interp, x[i:], inp, out)])
             current = len(xb)
         interp.set_tensor(inp["index"], _to_input(xb, inp))
         interp.invoke()
         results.append(_from_output(interp.get_tensor(out["index"]), out))
     return np.concatenate(results)
+
+
+def _resize(interp, inp: dict, shape: list) -> bool:
+    """Give the input ``shape``; False, with batch 1 set again, where the graph refuses it."""
+    try:
+        interp.resize_tensor_input(inp["index"], shape)
+        interp.allocate_tensors()
+        return True
+    except (ValueError, RuntimeError):
+        interp.resize_tensor_input(inp["index"], [1, *shape[1:]])
+        interp.allocate_tensors()
+        return False
+
+
+def logits_one_by_one(interp, x_nhwc: np.ndarray, inp: dict, out: dict) -> np.ndarray:
+    rows = []
+    for image in x_nhwc:
+        interp.set_tensor(inp["index"], _to_input(image[None], inp))
+        interp.invoke()
+        rows.append(_from_output(interp.get_tensor(out["index"]), out))
+    return np.concatenate(rows)
 
 
 def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:

@@ -5,9 +5,12 @@ once on the test set for the report (the gate falls back to the test set only wh
 Gate: an int8 artifact whose validation top-1 drop against the fp32 student exceeds quantize.max_drop points is
 retried with the next calibration method, then with the first conv and the classifier kept in float;
 if it still fails it is not written and is marked failed in the manifest with the reason. Bad input
-(empty or mis-shaped calibration set, an op the TFLite translator cannot handle, a missing converter
+(empty or mis-shaped calibration set, a model the TFLite converter cannot take, a missing converter
 package) marks only the artifacts it affects; the others are written, then the stage exits with a
 one-line error (exit code 2).
+
+The ONNX Runtime artifacts come from the simplified ONNX file; the TFLite ones from the distilled PyTorch
+checkpoint through litert-torch (a direct PyTorch -> TFLite converter), so this stage reads both.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 
 NAME = "quantize"
 SECTIONS = ("seed", "data", "quantize")
-UPSTREAM = ("simplify",)
+UPSTREAM = ("simplify", "distill")
 
 
 class Inputs:
@@ -127,7 +130,8 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
 
 
 def tflite_artifacts(ctx, inp: Inputs) -> None:
-    """TFLite fp32 / fp16 / int8 from one converter subprocess, then each evaluated on the test set."""
+    """TFLite fp32 / fp16 / int8 from the PyTorch student in one converter subprocess, then each evaluated on
+    the test set."""
     from pipeline import artifacts, tflite_tools
     from pipeline.errors import UserError
 
@@ -141,9 +145,10 @@ def tflite_artifacts(ctx, inp: Inputs) -> None:
     for precision in qcfg.tflite:  # the converter writes them; conversion() below must not delete them
         artifacts.path_of(ctx, f"tflite_{precision}").unlink(missing_ok=True)
     try:
-        results = tflite_tools.convert(inp.src, {p: artifacts.path_of(ctx, f"tflite_{p}") for p in wanted},
+        student = artifacts.upstream(ctx, "torch_fp32") if wanted else None
+        results = tflite_tools.convert(student, {p: artifacts.path_of(ctx, f"tflite_{p}") for p in wanted},
                                        inp.meta, calib) if wanted else {}
-    except UserError as exc:  # e.g. tensorflow not installed: every TFLite artifact fails alike
+    except UserError as exc:  # e.g. litert-torch not installed: every TFLite artifact fails alike
         results = {p: {"status": "failed", "reason": str(exc)} for p in wanted}
     if calib_error:
         results["int8"] = {"status": "failed", "reason": str(calib_error)}
@@ -167,11 +172,11 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
         drop = round((inp.ref_top1 - acc) * 100, 3)
         entry.update(gate_split=inp.split, **{f"{inp.split}_top1": round(acc, 5)}, fp32_top1=round(inp.ref_top1, 5),
                      drop_points=drop, weight_types=tflite_tools.weight_types(final))
-        # TFLiteConverter calibrates with min/max only, so the fallback is to not ship the file
+        # PT2E's static quantizer here calibrates with min/max only, so the fallback is to not ship the file
         if drop > ctx.cfg.quantize.max_drop:
             final.unlink()
             raise GateFailed(f"accuracy drop {drop:.2f} points > quantize.max_drop {ctx.cfg.quantize.max_drop} "
-                             "(TFLite's converter offers no other calibration); not written")
+                             "(the TFLite int8 route offers no other calibration); not written")
         record_test(entry, inp, logits)
 
 

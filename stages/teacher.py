@@ -1,4 +1,6 @@
-"""teacher: train the teacher network; write its checkpoint, metrics and a training-curve PNG."""
+"""teacher: train the teacher network (from scratch, or fine-tuned from ``teacher.weights``); write its
+checkpoint, metrics and a training-curve PNG. With ``teacher.epochs: 0`` the given weights are used as they
+are: the stage only evaluates them and writes the checkpoint the later stages read."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +19,10 @@ def run(ctx) -> list[Path]:
     models.check_arch(tcfg.arch)
     ds = data.load(cfg.data, cfg.seed)
     seed_all(cfg.seed)
-    model = models.create(tcfg.arch, ds.channels, len(ds.classes), tcfg.width)
+    model = models.create_from(tcfg.arch, ds.channels, len(ds.classes), tcfg.width, tcfg.weights,
+                               log=lambda m: ctx.console.print(f"teacher: {m}", highlight=False))
+    if tcfg.epochs == 0:  # the config makes sure teacher.weights is set
+        return _as_given(ctx, model, ds)
     result = fit(Classifier(model, tcfg.label_smoothing), model, ds, tcfg, ctx.dir, seed=cfg.seed,
                  fingerprint=ctx.fingerprint, console=ctx.console, augment=cfg.data.augment,
                  device_name=cfg.device, label="teacher")
@@ -30,3 +35,21 @@ def run(ctx) -> list[Path]:
                        params=sum(p.numel() for p in model.parameters()),
                        images_per_s=sum(h["images_per_s"] for h in result.history) / len(result.history))
     return [ckpt, ctx.dir / "metrics.jsonl", plot]
+
+
+def _as_given(ctx, model, ds) -> list[Path]:
+    """Evaluate the given teacher on the test set and write it as this stage's checkpoint."""
+    from pipeline import models
+    from pipeline.engine import accuracy, pick_device, predict, resolve_precision
+
+    tcfg = ctx.cfg.teacher
+    device = pick_device(ctx.cfg.device)
+    test = accuracy(predict(model.eval().to(device), ds.test_x, ds, batch_size=tcfg.eval_batch_size, device=device,
+                            precision=resolve_precision(tcfg.precision, device), channels_last=tcfg.channels_last),
+                    ds.test_y)
+    ckpt = models.save_checkpoint(ctx.dir / "model.pt", model, tcfg.arch, tcfg.width, ds.meta(),
+                                  test_top1=test["top1"], weights=tcfg.weights)
+    ctx.metrics.update(test_top1=test["top1"], test_loss=test["loss"], epochs=0, weights=tcfg.weights,
+                       params=sum(p.numel() for p in model.parameters()))
+    ctx.console.print(f"teacher: {tcfg.arch} from {tcfg.weights} as given, test {test['top1']:.2%}", highlight=False)
+    return [ckpt]

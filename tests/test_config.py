@@ -64,7 +64,10 @@ def test_section_hash_changes_with_content():
 
 
 @pytest.mark.parametrize("item, message", [
-    ("teacher.epochs=-3", "'teacher.epochs' = -3 is out of range; it must be >= 1"),
+    ("teacher.epochs=-3", "'teacher.epochs' = -3 is out of range; it must be >= 0"),
+    ("teacher.epochs=0", "teacher.epochs is 0 (use the weights as given) but teacher.weights is empty"),
+    ("student.epochs=0", "'student.epochs' = 0 is out of range; it must be >= 1"),
+    ("teacher.backbone_lr=1.5", "'teacher.backbone_lr' = 1.5 is out of range; it must be > 0.0 and <= 1.0"),
     ("teacher.batch_size=0", "'teacher.batch_size' = 0 is out of range; it must be >= 1"),
     ("student.lr=0", "'student.lr' = 0.0 is out of range; it must be > 0.0"),
     ("data.val_fraction=1.5", "'data.val_fraction' = 1.5 is out of range; it must be >= 0.0 and < 1.0"),

@@ -19,7 +19,7 @@ def nets():
     """Every registered model at a small width, with its stage maps for one batch."""
     torch.manual_seed(0)
     out = {}
-    for name in models.REGISTRY:
+    for name in models.CIFAR_NETS:
         net = models.create(name, 1, 5, width=PAIR_WIDTH).eval()
         with torch.no_grad():
             _, maps = net.forward_maps(torch.randn(2, 1, PAIR_SIZE, PAIR_SIZE))
@@ -63,15 +63,21 @@ def _net(strides):
 
 
 def test_pairs_that_cannot_be_aligned_are_clear_errors():
-    teacher = models.create("resnet8", 1, 5, width=0.25)
-    with pytest.raises(UserError, match="cannot be aligned"):
-        adaptive.build(teacher, _net([2, 2, 2]), [1], 1, SIZE)  # student map 4x4 vs teacher's 8x8
-    with pytest.raises(UserError, match="same number of resolution stages"):
-        adaptive.build(teacher, _net([1, 2]), [1], 1, SIZE)
+    teacher = models.create("resnet8", 1, 5, width=0.25)  # maps 16, 8, 4 px at SIZE 16
+    with pytest.raises(UserError, match="adapt.stages has 0, whose 16x16 map no student stage has"):
+        adaptive.build(teacher, _net([2, 2, 2]), [0], 1, SIZE)  # student maps 8, 4, 2 px
+    with pytest.raises(UserError, match="share no map resolution"):
+        adaptive.build(teacher, _net([32]), [1], 1, SIZE)
     with pytest.raises(UserError, match="out of range"):
         adaptive.build(teacher, models.create("resnet8", 1, 5, width=0.25), [3], 1, SIZE)
     with pytest.raises(UserError, match="empty"):
         adaptive.build(teacher, models.create("resnet8", 1, 5, width=0.25), [], 1, SIZE)
+
+
+def test_stages_pair_by_resolution_not_index():
+    teacher = models.create("resnet8", 1, 5, width=0.25)
+    assert adaptive.build(teacher, _net([2, 2, 2]), [1, 2], 1, SIZE).student_stages == {1: 0, 2: 1}
+    assert adaptive.build(teacher, _net([1, 2]), [1], 1, SIZE).student_stages == {1: 1}  # fewer stages is fine
 
 
 def test_unknown_method_names_the_closest():

@@ -1,5 +1,6 @@
-"""TFLite side (slow: TensorFlow starts in a subprocess): export matrix over every registered
-architecture and precision, int8 tensor types, metadata read back, and the full quantize stage."""
+"""TFLite side (slow: litert-torch converts in a subprocess): matrix over our CIFAR nets and every
+precision, int8 tensor types, metadata read back, and the full quantize stage. The torchvision nets have
+their own matrix in test_export_torchvision.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,29 +16,36 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
-    """Every registered architecture at width 0.25 and 8 px, exported to ONNX and converted to each
-    TFLite precision in one converter process."""
+    """Per CIFAR net at width 0.25 and 8 px: its ONNX logits (the reference) and the three TFLite precisions
+    converted from its checkpoint in one converter process, made when a test first asks for that net, so
+    ``-k`` chooses which nets are converted (each conversion takes seconds)."""
     root = tmp_path_factory.mktemp("matrix")
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
-    jobs, onnx_logits = [], {}
-    for arch in models.REGISTRY:
-        model = models.create(arch, 3, 5, 0.25).eval()
-        path = root / f"{arch}.onnx"
-        onnx_tools.export(model, path, 3, 8, 17)
-        onnx_logits[arch] = onnx_tools.logits(path, x.numpy())
-        meta = {"arch": arch, "input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcde")}
-        jobs.append((path, {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS}, meta, x.numpy()))
-    results = tflite_tools.convert_many(jobs)
-    return root, x.numpy(), onnx_logits, dict(zip(models.REGISTRY, results))
+    done: dict = {}
+
+    def get(arch: str):
+        if arch not in done:
+            torch.manual_seed(0)
+            model = models.create(arch, 3, 5, 0.25).eval()
+            path = root / f"{arch}.onnx"
+            onnx_tools.export(model, path, 3, 8, 17)
+            ckpt = models.save_checkpoint(root / f"{arch}.pt", model, arch, 0.25,
+                                          {"channels": 3, "classes": list("abcde"), "size": 8})
+            meta = {"arch": arch, "input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3,
+                    "classes": list("abcde")}
+            outputs = {p: root / f"{arch}_{p}.tflite" for p in PRECISIONS}
+            done[arch] = onnx_tools.logits(path, x.numpy()), tflite_tools.convert(ckpt, outputs, meta, x.numpy())
+        return done[arch]
+    return root, x.numpy(), get
 
 
-@pytest.mark.parametrize("arch", list(models.REGISTRY))
+@pytest.mark.parametrize("arch", list(models.CIFAR_NETS))
 def test_tflite_matrix(matrix, arch):
-    root, x, onnx_logits, results = matrix
-    ref = onnx_logits[arch]
+    root, x, get = matrix
+    ref, result = get(arch)
     for precision in PRECISIONS:
-        assert results[arch][precision]["status"] == "ok", results[arch][precision]
+        assert result[precision]["status"] == "ok", result[precision]
         path = root / f"{arch}_{precision}.tflite"
         out = tflite_tools.logits(path, x, batch=16)
         span = float(ref.max() - ref.min())
@@ -53,7 +61,10 @@ def test_tflite_matrix(matrix, arch):
         elif precision == "fp16":
             assert types.get("float16", 0) > 0
         else:
-            assert types.get("int8", 0) > 0 and "float32" not in types and "float16" not in types
+            assert types.get("int8", 0) > 0 and "float16" not in types
+            # wide ResNets batch-normalise the stem's output, which the first residual also adds unnormalised:
+            # that BN cannot fold into a conv, and PT2E leaves it in float (one float32 constant in wrn16_1)
+            assert "float32" not in types or arch.startswith("wrn"), types
             assert meta["quantization"]["input"]["dtype"] == "int8" and meta["quantization"]["output"]["dtype"] == "int8"
             assert meta["quantization"]["input"]["scale"] > 0
 
@@ -86,13 +97,7 @@ def test_tflite_int8_gate_fails_bad_model_and_goes_on(tmp_path):
     assert arts["tflite_fp32"]["status"] == "ok" and ctx.error is None
 
 
-def test_unsupported_op_fails_tflite_with_its_name(tmp_path):
-    from onnx import TensorProto, helper
-
-    node = helper.make_node("Sigmoid", ["input"], ["logits"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 4, 4])])
-    path = tmp_path / "sig.onnx"
-    path.write_bytes(helper.make_model(graph).SerializeToString())
-    result = tflite_tools.convert(path, {"fp32": tmp_path / "x.tflite"}, {"input_size": [1, 4, 4]}, None)
-    assert result["fp32"]["status"] == "failed" and "Sigmoid" in result["fp32"]["reason"]
+def test_bad_checkpoint_fails_tflite_with_the_reason(tmp_path):
+    result = tflite_tools.convert(tmp_path / "missing.pt", {"fp32": tmp_path / "x.tflite"}, {"input_size": [1, 4, 4]},
+                                  None)
+    assert result["fp32"]["status"] == "failed" and "does not exist" in result["fp32"]["reason"]

@@ -7,9 +7,9 @@ import dataclasses
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-from pipeline import onnx_tools, tf_translate
+from pipeline import onnx_tools
 from pipeline.errors import UserError
 from pipeline.runner import Context
 from student_fixture import make_run, run_stage, smoke_config, train_student
@@ -141,25 +141,18 @@ def test_unknown_calibration_method(good):
         stage.run(Context(smoke_config("quantize.method=Minmax"), run, "quantize", "t", None))
 
 
-def test_unsupported_op_is_named():
-    node = helper.make_node("Sigmoid", ["input"], ["logits"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])])
-    with pytest.raises(tf_translate.Unsupported, match="Sigmoid"):
-        tf_translate.check_ops(helper.make_model(graph))
-
-
-def test_missing_tensorflow_fails_only_tflite(good, monkeypatch):
+def test_missing_converter_fails_only_tflite(good, monkeypatch):
     import importlib.util
 
     cfg, run, _ = good
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "litert_torch" else real(name, *a))
     ctx = quantize(run, smoke_config("quantize.targets=[dynamic]", "quantize.max_drop=5.0"))
     arts = ctx.metrics["artifacts"]
     assert arts["onnx_int8_dynamic"]["status"] == "ok"
     for p in ("fp32", "fp16", "int8"):
-        assert arts[f"tflite_{p}"]["status"] == "failed" and "pip install tensorflow-cpu" in arts[f"tflite_{p}"]["reason"]
+        assert arts[f"tflite_{p}"]["status"] == "failed" and "pip install litert-torch" in arts[f"tflite_{p}"]["reason"]
     assert isinstance(ctx.error, UserError) and "not written" in str(ctx.error)
 
 
@@ -182,3 +175,18 @@ def test_quantizer_crash_fails_only_that_artifact(good, monkeypatch):
     arts = ctx.metrics["artifacts"]
     assert arts["onnx_int8_x86"]["status"] == "failed" and "simulated quantizer crash" in arts["onnx_int8_x86"]["reason"]
     assert arts["onnx_int8_dynamic"]["status"] == "ok" and isinstance(ctx.error, UserError)
+
+
+def test_converter_crash_fails_only_tflite(good, monkeypatch):
+    import sys
+
+    from pipeline import tflite_tools
+
+    cfg, run, _ = good
+    monkeypatch.setattr(tflite_tools, "CONVERTER", [sys.executable, "-c", "import os; os.abort()"])
+    ctx = quantize(run, smoke_config("quantize.targets=[dynamic]", "quantize.max_drop=5.0"))
+    arts = ctx.metrics["artifacts"]
+    assert arts["onnx_int8_dynamic"]["status"] == "ok"
+    for p in ("fp32", "fp16", "int8"):
+        assert arts[f"tflite_{p}"]["status"] == "failed" and "exited with" in arts[f"tflite_{p}"]["reason"]
+    assert isinstance(ctx.error, UserError)

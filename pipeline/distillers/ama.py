@@ -56,6 +56,6 @@ class ActivationMapAdaptation(Distiller):
         logits, maps = self.student.forward_maps(x)
         total = d.ce_weight * losses.ce_loss(logits, y) + \
             d.kd_weight * losses.kd_loss(logits, targets["logits"], d.temperature)
-        for i in self.stages:
-            total = total + d.hint_weight * losses.hint_loss(maps[i], targets[f"hint{i}"], d.hint_loss)
+        for i, j in self.teacher.student_stages.items():  # teacher stage -> student stage of its resolution
+            total = total + d.hint_weight * losses.hint_loss(maps[j], targets[f"hint{i}"], d.hint_loss)
         return total, logits

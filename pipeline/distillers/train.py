@@ -24,10 +24,12 @@ def load_teacher(path: Path, cfg, ds: data_mod.Dataset) -> models.StagedNet:
 
 
 def new_student(cfg, ds: data_mod.Dataset, seed: int) -> models.StagedNet:
-    """The student every method starts from: same architecture and, for a seed, the same initial weights."""
+    """The student every method starts from: same architecture and, for a seed, the same initial weights
+    (``student.weights`` where given, e.g. an ImageNet-pretrained MobileNet)."""
     models.check_arch(cfg.student.arch)
     torch.manual_seed(seed)
-    return models.create(cfg.student.arch, ds.channels, len(ds.classes), cfg.student.width)
+    return models.create_from(cfg.student.arch, ds.channels, len(ds.classes), cfg.student.width,
+                              cfg.student.weights, log=lambda m: print(f"student: {m}"))
 
 
 def epochs_to(history: list[dict], target: float) -> int | None:

@@ -1,10 +1,8 @@
-"""Architecture registry. Every network is a StagedNet: stem -> stages -> head, with its stage-wise
-activation maps available through one API (``forward_maps``), which distillation builds on."""
+"""Our own small networks for 28-32 px inputs (CIFAR-style ResNets, wide ResNets, a MobileNetV2): each is a
+StagedNet, stem -> stages (one per resolution level) -> head, written so its stage-wise activation maps come
+out of one plain loop (``forward_maps``). torchvision's ImageNet-shaped nets downsample 32x before their
+last stage, which leaves a 1x1 map of a 32 px image; these keep 3 stages at strides 1, 2 and 4."""
 from __future__ import annotations
-
-import difflib
-from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -154,62 +152,10 @@ def _init(model: StagedNet) -> StagedNet:
     return model
 
 
-REGISTRY: dict[str, Callable[..., StagedNet]] = {
+CIFAR_NETS: dict = {
     **{f"resnet{d}": (lambda d: lambda c, k, width=1.0: cifar_resnet(d, c, k, width))(d)
        for d in (8, 14, 20, 32, 44, 56, 110)},
     **{f"wrn{d}_{k}": (lambda d, k: lambda c, n, width=1.0: wide_resnet(d, k, c, n, width))(d, k)
        for d, k in ((16, 1), (16, 2), (16, 4), (28, 2), (28, 10), (40, 2), (40, 4))},
     "mobilenetv2": mobilenetv2,
 }
-
-
-def check_arch(name: str) -> None:
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(name, REGISTRY, n=1, cutoff=0.4)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown model '{name}'{hint} Valid models: {', '.join(REGISTRY)}")
-
-
-def create(name: str, in_channels: int, num_classes: int, width: float = 1.0) -> StagedNet:
-    check_arch(name)
-    return REGISTRY[name](in_channels, num_classes, width=width)
-
-
-def save_checkpoint(path: Path, model: StagedNet, arch: str, width: float, meta: dict, **extra) -> Path:
-    """Weights plus everything needed to rebuild the model and its input pipeline, atomically."""
-    from pipeline.store import atomic_path
-
-    payload = {"arch": arch, "width": width, "in_channels": meta["channels"], "num_classes": len(meta["classes"]),
-               "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-               "meta": meta, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-def read_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; run the stage that writes it first")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged zip / pickle
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "
-                        "delete it and rerun the stage that wrote it") from exc
-
-
-def load_model(path: Path, expect_arch: str | None = None) -> tuple[StagedNet, dict]:
-    """Rebuild the model a checkpoint describes; refuse one of another architecture than expected."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
-        raise UserError(f"{path} is not a compress checkpoint; point to a file written by compress")
-    if expect_arch is not None and ckpt["arch"] != expect_arch:
-        raise UserError(f"checkpoint {path} holds a {ckpt['arch']} but the config asks for {expect_arch}; "
-                        "fix the config or rerun the stage with --force")
-    model = create(ckpt["arch"], ckpt["in_channels"], ckpt["num_classes"], ckpt.get("width", 1.0))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} (width {ckpt.get('width')}); "
-                        "it was written by another model; rerun its stage with --force") from exc
-    return model, ckpt

@@ -1,0 +1,107 @@
+"""Starting weights the user already has: a plain state_dict, a torchvision weights file, a compress
+checkpoint, or ``DEFAULT`` (torchvision's pretrained weights, downloaded by torchvision).
+
+Tensors are matched by name after the one prefix difference we know of (our torchvision wrapper keeps the
+net under ``net.``; DDP checkpoints add ``module.``). Two mismatches are expected and repaired, and logged:
+a classifier of another class count is left at its fresh initialisation, and a first conv of another
+input-channel count is adapted (summed to one channel, or the RGB mean repeated, scaled to keep the
+activation's magnitude). Anything else that does not fit means the file is for another architecture.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    return {f"{name}.weight", f"{name}.bias"}
+
+
+def _first_conv_key(model: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
+
+
+def read_state(source: str, arch: str) -> dict[str, torch.Tensor]:
+    """The tensors in ``source``; a compress checkpoint of another architecture is refused."""
+    if source == "DEFAULT":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
+        except ValueError as exc:
+            raise UserError(f"weights: DEFAULT means torchvision's pretrained weights, which {arch} has none of; "
+                            "give a file path instead") from exc
+        except OSError as exc:
+            raise UserError(f"weights: DEFAULT could not download torchvision's {arch} weights ({exc}); "
+                            "download the file elsewhere and give its path") from exc
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a non-checkpoint or damaged file
+        raise UserError(f"weights file {path} is not a PyTorch state_dict or checkpoint "
+                        f"({type(exc).__name__})") from exc
+    if isinstance(obj, dict) and "arch" in obj and "state_dict" in obj and obj["arch"] != arch:
+        raise UserError(f"weights file {path} is a compress checkpoint of a {obj['arch']}, not a {arch}")
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"weights file {path} holds no state_dict (a dict of tensors)")
+    return obj
+
+
+def _renamed(state: dict, wanted: set[str]) -> dict:
+    """The state with the key prefix ('', 'net.', 'module.') that matches the most of ``wanted``."""
+    best = state
+    for strip, add in (("module.", ""), ("", "net."), ("net.", ""), ("module.", "net.")):
+        cand = {(add + k[len(strip):] if k.startswith(strip) else k): v for k, v in state.items()}
+        if len(wanted & cand.keys()) > len(wanted & best.keys()):
+            best = cand
+    return best
+
+
+def adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A first-conv kernel for ``channels`` inputs from one trained for ``weight.shape[1]``."""
+    if channels == 1:
+        return weight.sum(1, keepdim=True)
+    mean = weight.mean(1, keepdim=True)
+    return mean.repeat(1, channels, 1, 1) * (weight.shape[1] / channels)
+
+
+def load_into(model: nn.Module, source: str, arch: str, log=print) -> set[str]:
+    """Load ``source`` into ``model``; returns the names of the parameters that came from the file."""
+    target = model.state_dict()
+    state = _renamed(read_state(source, arch), set(target))
+    head, conv = _classifier_keys(model), _first_conv_key(model)
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state if k not in target]
+    if missing or extra:
+        raise UserError(f"weights {source} do not fit a {arch}: {len(missing)} tensors missing (e.g. "
+                        f"{(missing or ['-'])[0]}), {len(extra)} unknown (e.g. {(extra or ['-'])[0]}); "
+                        "they are for another architecture")
+    loaded, reset = {}, []
+    for key, value in state.items():
+        want = target[key].shape
+        if value.shape == want:
+            loaded[key] = value
+        elif key in head:
+            reset.append(key)
+        elif key == conv and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
+            loaded[key] = adapt_channels(value, want[1])
+            log(f"weights: first conv adapted from {value.shape[1]} to {want[1]} input channels")
+        else:
+            raise UserError(f"weights {source} do not fit a {arch}: {key} is {tuple(value.shape)}, "
+                            f"the model's is {tuple(want)}")
+    if reset:
+        log(f"weights: classifier re-initialised ({state[sorted(reset)[-1]].shape[0]} classes in the file, "
+            f"{target[sorted(reset)[-1]].shape[0]} here)")
+    model.load_state_dict(loaded, strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    return {k for k in loaded if k in params}
