@@ -27,7 +27,7 @@ def check(default, *, ge=None, gt=None, le=None, lt=None, choices=None):
 
 
 FRACTION = {"gt": 0.0, "lt": 1.0}
-AUGMENT = ("none", "crop", "crop_flip")
+AUGMENT = ("none", "crop", "crop_flip", "resized_crop_flip")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class DataConfig:
     root: str = ""
     download: bool = True
     val_fraction: float = check(0.1, ge=0.0, lt=1.0)  # 0: no validation split (choices fall back to test)
+    test_fraction: float = check(0.1, **FRACTION)  # a flat photo folder: the share held out as the test split
+    image_size: int = check(0, ge=0)  # 0: the data set's own size (a photo folder: 224)
+    max_bad_fraction: float = check(0.01, ge=0.0, le=1.0)  # unreadable photos tolerated before a run stops
+    cache_dir: str = ""  # decoded photo folders ("" = ~/.cache/compress/decoded)
     augment: str = check("crop_flip", choices=AUGMENT)
     train_subset: int = check(0, ge=0)
     synthetic_train: int = check(1024, ge=1)

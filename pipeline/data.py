@@ -40,14 +40,14 @@ class Dataset:
     classes: list[str]
     val_x: torch.Tensor | None = None  # None = no validation split (an empty one)
     val_y: torch.Tensor | None = None
+    report: dict | None = None  # an ImageFolder's scan: files ignored, images skipped, decode speed
+    stats: tuple | None = None  # (mean, std) when known already (a decode cache stores them)
 
     def __post_init__(self):
         if self.val_x is None:
             self.val_x = self.train_x[:0]
             self.val_y = self.train_y[:0]
-        scaled = self.train_x[:20000].float().div_(255)
-        self.mean = tuple(round(v, 4) for v in scaled.mean((0, 2, 3)).tolist())
-        self.std = tuple(round(max(v, 1e-3), 4) for v in scaled.std((0, 2, 3)).tolist())
+        self.mean, self.std = self.stats or channel_stats(self.train_x[:20000])
 
     @property
     def channels(self) -> int:
@@ -68,6 +68,43 @@ class Dataset:
         return (x.float().div_(255) - mean) / std
 
 
+def write_report(ds: Dataset, folder: Path) -> list[Path]:
+    """``folder``/data_report.json for a photo folder (what was ignored, skipped, decoded how fast); [] otherwise."""
+    from pipeline.store import atomic_json
+
+    return [atomic_json(folder / "data_report.json", ds.report)] if ds.report else []
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 2000) -> tuple[tuple, tuple]:
+    """Per-channel mean and std of uint8 images in [0, 1], a chunk at a time (x may be a memory map)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].double().div_(255)
+        total += part.sum((0, 2, 3))
+        squares += part.square().sum((0, 2, 3))
+    count = max(1, len(x) * x.shape[2] * x.shape[3])
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(max(v, 1e-3), 4) for v in std.tolist())
+
+
+def resized(x: torch.Tensor, size: int, chunk: int = 2000) -> torch.Tensor:
+    """uint8 N x C x H x W with the shorter side resized to ``size`` (antialiased bilinear) and the centre cropped."""
+    h, w = x.shape[2:]
+    if (h, w) == (size, size):
+        return x
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    out = torch.empty((len(x), x.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(x), chunk):
+        part = torch.nn.functional.interpolate(x[start:start + chunk].float(), size=(nh, nw), mode="bilinear",
+                                               antialias=True, align_corners=False)
+        out[start:start + chunk] = part[:, :, top:top + size, left:left + size].round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
 def load(cfg: DataConfig, seed: int = 0) -> Dataset:
     if cfg.dataset not in DATASETS:
         import difflib
@@ -78,9 +115,12 @@ def load(cfg: DataConfig, seed: int = 0) -> Dataset:
           "synthetic": _synthetic}[cfg.dataset](cfg, seed)
     if not len(ds.val_y):
         ds = with_validation(ds, cfg.val_fraction, seed)
+    if cfg.image_size and cfg.dataset != "imagefolder":  # an ImageFolder is decoded at image_size already
+        ds = Dataset(ds.name, resized(ds.train_x, cfg.image_size), ds.train_y, resized(ds.test_x, cfg.image_size),
+                     ds.test_y, ds.classes, resized(ds.val_x, cfg.image_size), ds.val_y)
     if cfg.train_subset:
         ds = Dataset(ds.name, ds.train_x[:cfg.train_subset], ds.train_y[:cfg.train_subset], ds.test_x, ds.test_y,
-                     ds.classes, ds.val_x, ds.val_y)
+                     ds.classes, ds.val_x, ds.val_y, ds.report)
     return ds
 
 
@@ -99,6 +139,8 @@ def split_off(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor
 
 def with_validation(ds: Dataset, fraction: float, seed: int) -> Dataset:
     """``ds`` with a stratified ``fraction`` of its training images moved into the validation split."""
+    if fraction == 0:
+        return ds
     kept, held = split_off(ds.train_y, fraction, seed)
     return Dataset(ds.name, ds.train_x[kept], ds.train_y[kept], ds.test_x, ds.test_y, ds.classes,
                    ds.train_x[held], ds.train_y[held])
@@ -212,49 +254,30 @@ def _cifar10(cfg: DataConfig, seed: int) -> Dataset:
 
 # --- ImageFolder -----------------------------------------------------------------------------------
 
+IMAGEFOLDER_SIZE = 224  # data.image_size 0 on a photo folder: the size torchvision's classifiers are trained at
+
+
 def _imagefolder(cfg: DataConfig, seed: int) -> Dataset:
-    """One subfolder of images per class under data.root, with data.val_fraction of them held out as the
-    test split; or train/, test/ and optionally val/ folders, each with those class subfolders."""
-    root = Path(cfg.root)
-    if not cfg.root or not root.is_dir():
-        raise UserError(f"data.root '{cfg.root}' is not a folder; point it at a folder with one subfolder "
-                        "of images per class")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        x, y, classes = _read_images(root / "train")
-        test_x, test_y, _ = _read_images(root / "test", classes, tuple(x.shape[2:]))
-        val = _read_images(root / "val", classes, tuple(x.shape[2:]))[:2] if (root / "val").is_dir() else (None,) * 2
-        return Dataset("imagefolder", x, y, test_x, test_y, classes, *val)
-    x, y, classes = _read_images(root)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, int(round(len(y) * cfg.val_fraction)))
-    test, train = order[:n_test].sort().values, order[n_test:].sort().values
-    return Dataset("imagefolder", x[train], y[train], x[test], y[test], classes)
+    """A photo folder through pipeline/imagefolder.py: every split a view of the memory-mapped decode cache."""
+    from pipeline import imagefolder
+    from rich.console import Console
 
-
-def _read_images(folder: Path, classes: list[str] | None = None, hw: tuple[int, int] | None = None):
-    """(uint8 N x 3 x H x W, labels, classes) of ``folder``/<class>/*; every image is resized to the first
-    one's size (or to ``hw``)."""
-    from PIL import Image, UnidentifiedImageError
-
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    classes = classes or found
-    if set(found) - set(classes):
-        raise UserError(f"{folder} has classes {sorted(set(found) - set(classes))} that the training set lacks")
-    files = [(f, i) for i, c in enumerate(classes) if (folder / c).is_dir()
-             for f in sorted((folder / c).iterdir()) if f.is_file()]
-    if len(classes) < 2 or not files:
-        raise UserError(f"{folder} needs at least two class subfolders with images in them")
-    images, size = [], (hw[1], hw[0]) if hw else None
-    for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                size = size or img.size
-                images.append(np.asarray(img.resize(size)))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); remove it") from exc
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor([i for _, i in files]), classes
+    size = cfg.image_size or IMAGEFOLDER_SIZE
+    sc = imagefolder.scan(Path(cfg.root), cfg.test_fraction, cfg.val_fraction, seed)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else imagefolder.default_cache_dir()
+    console = Console(stderr=True)
+    images, labels, index = imagefolder.decode(sc, size, cache, cfg.max_bad_fraction,
+                                               log=lambda m: console.print(f"data: {m}", highlight=False))
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    n = index["lengths"]
+    a, b = n["train"], n["train"] + n["val"]
+    report = {"root": str(cfg.root), "image_size": size, "images": n, "ignored": sc.ignored,
+              "skipped": index["skipped"], "decode_images_per_s": index["images_per_s"]}
+    if "stats" not in index:
+        index["stats"] = channel_stats(x[:min(a, 20000)])
+        imagefolder.save_index(images, index)
+    return Dataset("imagefolder", x[:a], y[:a], x[b:], y[b:], index["classes"], x[a:b], y[a:b], report,
+                   tuple(map(tuple, index["stats"])))
 
 
 # --- synthetic -------------------------------------------------------------------------------------
@@ -284,11 +307,21 @@ def _synthetic(cfg: DataConfig, seed: int) -> Dataset:
 # --- batches ---------------------------------------------------------------------------------------
 
 def augment(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
-    """Random crop (pad 2 for <=28 px, 4 above) and horizontal flip on a whole uint8 batch at once."""
+    """On a whole uint8 batch at once: random crop (pad 2 for <=28 px, 4 above) or random resized crop (area
+    25-100 %, aspect 3/4-4/3, as torchvision's RandomResizedCrop but with scale from 0.25 up: small photos
+    lose too much below), then a horizontal flip for the *_flip modes."""
     if mode == "none":
         return x
-    if mode not in ("crop", "crop_flip"):
-        raise UserError(f"unknown data.augment '{mode}'; use none, crop or crop_flip")
+    if mode not in ("crop", "crop_flip", "resized_crop_flip"):
+        raise UserError(f"unknown data.augment '{mode}'; use none, crop, crop_flip or resized_crop_flip")
+    out = _resized_crop(x, g) if mode == "resized_crop_flip" else _pad_crop(x, g)
+    if mode.endswith("_flip"):
+        flip = torch.rand(len(x), generator=g) < 0.5
+        out = torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+    return out.contiguous()
+
+
+def _pad_crop(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     pad = 2 if h <= 28 else 4
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -296,11 +329,23 @@ def augment(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
     dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=g)
     rows = (torch.arange(h).view(1, h, 1) + dy).expand(n, h, w)
     cols = (torch.arange(w).view(1, 1, w) + dx).expand(n, h, w)
-    out = padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
-    if mode == "crop_flip":
-        flip = torch.rand(n, generator=g) < 0.5
-        out = torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
-    return out.contiguous()
+    return padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+
+
+def _resized_crop(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """One random box per image, all resampled back to H x W by a single bilinear grid_sample."""
+    n, _, h, w = x.shape
+    area = torch.empty(n).uniform_(0.25, 1.0, generator=g)  # of the image
+    ratio = torch.exp(torch.empty(n).uniform_(np.log(3 / 4), np.log(4 / 3), generator=g))
+    sx = (area * ratio).sqrt().clamp(max=1.0)  # box width / image width
+    sy = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sx)  # box centre in [-1, 1] coordinates
+    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - sy)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
+    grid = torch.nn.functional.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,

@@ -18,11 +18,12 @@ def run(ctx) -> list[Path]:
     cfg, tcfg = ctx.cfg, ctx.cfg.teacher
     models.check_arch(tcfg.arch)
     ds = data.load(cfg.data, cfg.seed)
+    report = data.write_report(ds, ctx.dir)  # a photo folder's files ignored and images skipped
     seed_all(cfg.seed)
     model = models.create_from(tcfg.arch, ds.channels, len(ds.classes), tcfg.width, tcfg.weights,
                                log=lambda m: ctx.console.print(f"teacher: {m}", highlight=False))
     if tcfg.epochs == 0:  # the config makes sure teacher.weights is set
-        return _as_given(ctx, model, ds)
+        return _as_given(ctx, model, ds) + report
     result = fit(Classifier(model, tcfg.label_smoothing), model, ds, tcfg, ctx.dir, seed=cfg.seed,
                  fingerprint=ctx.fingerprint, console=ctx.console, augment=cfg.data.augment,
                  device_name=cfg.device, label="teacher")
@@ -34,7 +35,7 @@ def run(ctx) -> list[Path]:
                        epochs=len(result.history),
                        params=sum(p.numel() for p in model.parameters()),
                        images_per_s=sum(h["images_per_s"] for h in result.history) / len(result.history))
-    return [ckpt, ctx.dir / "metrics.jsonl", plot]
+    return [ckpt, ctx.dir / "metrics.jsonl", plot] + report
 
 
 def _as_given(ctx, model, ds) -> list[Path]:

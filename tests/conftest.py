@@ -7,6 +7,12 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 
+@pytest.fixture(autouse=True)
+def _own_decode_cache(tmp_path_factory, monkeypatch):
+    """Decoded photo folders go to a per-session folder, never the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
 @pytest.fixture
 def cli():
     """Call ``compress`` in-process: ``cli("-c", "smoke", "all")`` -> click Result (exit_code, output)."""

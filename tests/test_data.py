@@ -83,25 +83,6 @@ def test_cifar10_in_its_own_pickle_format(tmp_path):
         data.load(DataConfig(dataset="cifar10", root=str(tmp_path), download=False))
 
 
-def test_imagefolder_with_a_held_out_split(tmp_path):
-    from PIL import Image
-
-    for c, colour in (("cat", 30), ("dog", 220)):
-        (tmp_path / c).mkdir()
-        for i in range(5):
-            Image.new("RGB", (10, 8), (colour, i, 0)).save(tmp_path / c / f"{i}.png")
-    ds = data.load(DataConfig(dataset="imagefolder", root=str(tmp_path), val_fraction=0.2), seed=0)
-    assert ds.classes == ["cat", "dog"]
-    # 2 of 10 held out for test, then one image of each class of the other 8 for validation
-    assert len(ds.test_y) == 2 and len(ds.train_y) == 6 and sorted(ds.val_y.tolist()) == [0, 1]
-    assert ds.train_x.shape[1:] == (3, 8, 10)
-    pixels = lambda x: {tuple(img[:, 0, 0].tolist()) for img in x}  # noqa: E731 (each image is unique)
-    assert not pixels(ds.train_x) & pixels(ds.val_x) and not pixels(ds.train_x) & pixels(ds.test_x)
-    (tmp_path / "dog" / "broken.png").write_bytes(b"nope")
-    with pytest.raises(UserError, match="broken.png is not a readable image"):
-        data.load(DataConfig(dataset="imagefolder", root=str(tmp_path)))
-
-
 def test_unknown_dataset_names_closest():
     with pytest.raises(UserError, match="did you mean 'cifar10'"):
         data.load(DataConfig(dataset="cifar"))
@@ -138,28 +119,6 @@ def test_batches_shard_across_ranks_without_overlap():
             for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 5
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
-
-
-def _images(folder, classes, n, size=(10, 8)):
-    from PIL import Image
-
-    for c, colour in classes:
-        (folder / c).mkdir(parents=True)
-        for i in range(n):
-            Image.new("RGB", size, (colour, i, 0)).save(folder / c / f"{i}.png")
-
-
-def test_imagefolder_uses_its_own_val_folder(tmp_path):
-    _images(tmp_path / "train", (("cat", 30), ("dog", 220)), 4)
-    _images(tmp_path / "val", (("cat", 31), ("dog", 221)), 1, size=(20, 16))  # resized to the training size
-    _images(tmp_path / "test", (("cat", 32), ("dog", 222)), 2)
-    ds = data.load(DataConfig(dataset="imagefolder", root=str(tmp_path), val_fraction=0.5), seed=0)
-    assert len(ds.train_y) == 8 and len(ds.test_y) == 4  # nothing carved from train: val/ is the split
-    assert ds.val_y.tolist() == [0, 1] and ds.val_x.shape == (2, 3, 8, 10)
-    assert ds.val_x[:, 0, 0, 0].tolist() == [31, 221]
-    _images(tmp_path / "val", (("bird", 5),), 1)
-    with pytest.raises(UserError, match="bird"):
-        data.load(DataConfig(dataset="imagefolder", root=str(tmp_path)))
 
 
 def test_validation_split_is_seeded_stratified_and_held_out():

@@ -1,0 +1,232 @@
+"""A user's photo folder: scanned once, decoded once (in parallel) into an on-disk uint8 cache, then memory-mapped.
+
+Layouts: ``root/<class>/*`` (a seeded, stratified test split of ``data.test_fraction`` is held out), or
+``root/train/<class>/*`` with ``val/`` and/or ``test/`` beside it, used as given: ``train + val + test`` are
+the three splits; ``train + val`` makes val/ the report's test split (choices then use a validation split held
+out of train/, so nothing is chosen on the images reported); ``train + test`` likewise.
+
+Only files with the extensions torchvision's ImageFolder accepts count; hidden files and other files are
+ignored and counted. An image PIL cannot decode (corrupt, truncated, empty) is skipped and listed in the data
+report; above ``data.max_bad_fraction`` of the folder the load stops with one line naming the first few.
+Every image becomes RGB (grayscale, palette, RGBA), its shorter side is resized to ``data.image_size`` and the
+centre is cropped (JPEG files are decoded at a reduced scale first when they are much larger).
+
+Why our own code rather than torchvision's ImageFolder + DataLoader: training here runs on whole uint8
+batches in memory-mapped arrays (one decode for every stage and every run, no per-epoch JPEG decoding on two
+cores), which a per-sample Dataset cannot give. The cache is ``<cache>/<key>/images.u8`` (N x 3 x S x S uint8,
+stored in split order train | val | test so that each split is a view, never a copy in RAM) plus
+``index.json``; the key hashes the file list, sizes, mtimes, image_size and the split settings.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision's
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Scan:
+    """What a folder holds: per split, (path, label) pairs; classes; files ignored."""
+    classes: list[str]
+    files: dict[str, list[tuple[str, int]]]
+    ignored: dict[str, int] = field(default_factory=lambda: {"hidden": 0, "not an image": 0})
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compress" / "decoded"
+
+
+def _class_files(folder: Path, classes: list[str], ignored: dict) -> list[tuple[str, int]]:
+    out = []
+    for label, name in enumerate(classes):
+        sub = folder / name
+        if not sub.is_dir():
+            continue
+        for entry in sorted(os.scandir(sub), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                ignored["hidden"] += 1
+            elif not entry.is_file() or not entry.name.lower().endswith(IMG_EXTENSIONS):
+                ignored["not an image"] += 1
+            else:
+                out.append((entry.path, label))
+    return out
+
+
+def _classes(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(root: Path, test_fraction: float, val_fraction: float, seed: int) -> Scan:
+    """The split of ``root`` into train / val / test file lists (see the module docstring)."""
+    from pipeline.data import split_off
+
+    if not root.is_dir():
+        raise UserError(f"data.root '{root}' is not a folder; point it at a folder with one subfolder of images "
+                        "per class (or train/ and val/ folders of those); for a demo folder run "
+                        "'python benchmarks/make_photo_folder.py data/photos'")
+    given = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if "train" in given and len(given) > 1:
+        classes = _classes(given["train"])
+        for s, folder in given.items():
+            extra = set(_classes(folder)) - set(classes)
+            if extra:
+                raise UserError(f"{folder} has classes {sorted(extra)} that {given['train']} lacks; "
+                                "give every split the same class folders")
+        result = Scan(classes, {})
+        result.files = {s: _class_files(f, classes, result.ignored) for s, f in given.items()}
+        if "test" not in result.files:  # train + val: val/ is what the report measures
+            result.files["test"] = result.files.pop("val")
+    else:
+        classes = _classes(root)
+        result = Scan(classes, {})
+        everything = _class_files(root, classes, result.ignored)
+        labels = torch.tensor([y for _, y in everything])
+        kept, held = split_off(labels, test_fraction, seed) if len(everything) else ([], [])
+        result.files = {"train": [everything[i] for i in kept], "test": [everything[i] for i in held]}
+    if "val" not in result.files:  # a validation split held out of train, stratified and seeded
+        labels = torch.tensor([y for _, y in result.files["train"]])
+        kept, held = split_off(labels, val_fraction, seed + 1) if len(labels) else ([], [])
+        train = result.files["train"]
+        result.files["train"], result.files["val"] = [train[i] for i in kept], [train[i] for i in held]
+    order = torch.randperm(len(result.files["train"]), generator=torch.Generator().manual_seed(seed)).tolist()
+    result.files["train"] = [result.files["train"][i] for i in order]  # so that any prefix has every class
+    if len(classes) < 2 or not result.files["train"] or not result.files["test"]:
+        raise UserError(f"{root} needs at least two class folders with images in them, enough for a training "
+                        "and a test split")
+    return result
+
+
+def cache_key(sc: Scan, image_size: int) -> str:
+    h = hashlib.sha256(json.dumps({"size": image_size, "classes": sc.classes, "version": 1}).encode())
+    for split in SPLITS:
+        for path, label in sc.files[split]:
+            st = os.stat(path)
+            h.update(f"{split}\0{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def decode_one(path: str, size: int) -> np.ndarray | None:
+    """RGB uint8 (size, size, 3): shorter side resized to ``size``, centre crop; None if PIL cannot read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale no smaller than size
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            return np.asarray(img.crop((left, top, left + size, top + size)))
+    except Exception:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, ...)
+        return None
+
+
+def _decode_chunk(out_path: str, total: int, size: int, jobs: list[tuple[int, str]]) -> list[int]:
+    """Decode ``jobs`` (position, path) straight into the memmap; returns the positions that failed."""
+    out = np.memmap(out_path, np.uint8, "r+", shape=(total, 3, size, size))
+    bad = []
+    for pos, path in jobs:
+        arr = decode_one(path, size)
+        if arr is None:
+            bad.append(pos)
+        else:
+            out[pos] = arr.transpose(2, 0, 1)
+    out.flush()
+    return bad
+
+
+def decode(sc: Scan, size: int, cache_dir: Path, max_bad_fraction: float, log=print, workers: int | None = None):
+    """(images memmap N x 3 x S x S in split order, labels, split lengths, index) from the cache, decoding
+    the folder first if the cache has no entry for it."""
+    folder = cache_dir / cache_key(sc, size)
+    if not (folder / "index.json").is_file():
+        _build(sc, size, folder, max_bad_fraction, log, workers)
+    index = json.loads((folder / "index.json").read_text())
+    n = sum(index["lengths"].values())
+    images = np.memmap(folder / "images.u8", np.uint8, "c", shape=(n, 3, size, size))
+    labels = np.asarray(index["labels"], np.int64)
+    return images, labels, index
+
+
+def save_index(images: np.memmap, index: dict) -> None:
+    """Rewrite the cache entry's index (e.g. with the training split's channel statistics added)."""
+    path = Path(images.filename).with_name("index.json")
+    tmp = path.with_name(f"index.json.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(index))
+        tmp.replace(path)
+    except OSError:  # a read-only cache still works; the statistics are computed again next time
+        tmp.unlink(missing_ok=True)
+
+
+def _build(sc: Scan, size: int, folder: Path, max_bad_fraction: float, log, workers: int | None) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import time
+
+    ordered = [(s, p, y) for s in SPLITS for p, y in sc.files[s]]
+    total = len(ordered)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        np.memmap(tmp / "images.u8", np.uint8, "w+", shape=(total, 3, size, size)).flush()
+    except OSError as exc:
+        raise UserError(f"cannot write the decode cache in {folder.parent} ({exc.strerror}); set data.cache_dir "
+                        "to a writable folder with space for it") from exc
+    workers = workers or min(os.cpu_count() or 1, 8)
+    chunks = [[(i, ordered[i][1]) for i in range(start, min(start + 256, total))] for start in range(0, total, 256)]
+    bad: list[int] = []
+    started = time.perf_counter()
+    with Progress(TextColumn("decoding {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=True) as bar, \
+            cf.ProcessPoolExecutor(workers) as pool:
+        task = bar.add_task(f"{total} images", total=total, rate="")
+        futures = {pool.submit(_decode_chunk, str(tmp / "images.u8"), total, size, c): len(c) for c in chunks}
+        for fut in cf.as_completed(futures):
+            bad += fut.result()
+            bar.advance(task, futures[fut])
+            done = bar.tasks[0].completed
+            bar.update(task, rate=f"{done / (time.perf_counter() - started):.0f} images/s")
+    seconds = time.perf_counter() - started
+    if len(bad) > max_bad_fraction * total:
+        shutil.rmtree(tmp, ignore_errors=True)
+        paths = sorted(ordered[i][1] for i in bad)
+        first = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
+        raise UserError(f"{len(bad)} of {total} images cannot be decoded (more than data.max_bad_fraction "
+                        f"{max_bad_fraction}): {first}; remove or fix them")
+    keep = np.setdiff1d(np.arange(total), np.asarray(bad, np.int64))
+    if bad:  # compact the good images to the front, preserving split order
+        images = np.memmap(tmp / "images.u8", np.uint8, "r+", shape=(total, 3, size, size))
+        for new, old in enumerate(keep):
+            if new != old:
+                images[new] = images[old]
+        images.flush()
+        del images
+        os.truncate(tmp / "images.u8", len(keep) * 3 * size * size)
+    lengths = {s: sum(1 for i in keep if ordered[i][0] == s) for s in SPLITS}
+    index = {"classes": sc.classes, "lengths": lengths, "labels": [ordered[i][2] for i in keep],
+             "skipped": sorted(ordered[i][1] for i in bad), "ignored": sc.ignored, "image_size": size,
+             "decode_seconds": round(seconds, 2), "images_per_s": round(total / max(seconds, 1e-9), 1)}
+    (tmp / "index.json").write_text(json.dumps(index))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"decoded {total} images in {seconds:.1f} s ({index['images_per_s']:.0f} images/s, {workers} processes); "
+        f"ignored {sc.ignored['hidden']} hidden and {sc.ignored['not an image']} non-image files, skipped {len(bad)} "
+        "unreadable images (listed in the teacher stage's data_report.json)")

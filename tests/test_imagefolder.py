@@ -1,0 +1,162 @@
+"""Photo folders: junk files, layouts, unreadable images, the decode cache, image_size, resized-crop augmentation."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import data, imagefolder
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+
+
+def _photo(path, colour, size=(40, 30), mode="RGB"):
+    img = Image.new("RGB", size, colour)
+    img = img.convert(mode) if mode != "RGB" else img
+    img.save(path)
+
+
+def _folder(root, classes=("cat", "dog"), n=10, start=0, size=(40, 30)):
+    for c, base in zip(classes, (40, 200, 120)):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + n):
+            _photo(root / c / f"{i:03d}.jpg" if i % 2 else root / c / f"{i:03d}.png", (base, i * 3, 90), size)
+
+
+def _cfg(root, tmp_path, **kw):
+    return DataConfig(**{"dataset": "imagefolder", "root": str(root), "image_size": 16,
+                         "cache_dir": str(tmp_path / "cache"), **kw})
+
+
+def test_junk_is_ignored_or_skipped_and_reported(tmp_path):
+    root = tmp_path / "photos"
+    _folder(root, n=60, size=(40, 30))
+    cat, dog = root / "cat", root / "dog"
+    (cat / "notes.txt").write_text("not a photo")
+    (cat / ".DS_Store").write_bytes(b"\0\1")
+    (cat / ".hidden.jpg").write_bytes(b"\0\1")
+    (cat / "empty.jpg").write_bytes(b"")
+    good = (cat / "001.jpg").read_bytes()
+    (dog / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    _photo(dog / "gray.png", 128, (64, 48), "L")
+    _photo(dog / "alpha.png", (10, 20, 30), (30, 30), "RGBA")
+    _photo(dog / "palette.bmp", (10, 20, 30), (25, 50), "P")
+    ds = data.load(_cfg(root, tmp_path, max_bad_fraction=0.05), seed=0)
+    n = len(ds.train_y) + len(ds.val_y) + len(ds.test_y)
+    assert n == 123  # 120 + the three odd modes; empty and truncated skipped
+    assert ds.train_x.shape[1:] == (3, 16, 16) and ds.train_x.dtype == torch.uint8
+    assert ds.report["ignored"] == {"hidden": 2, "not an image": 1}
+    assert sorted(os.path.basename(p) for p in ds.report["skipped"]) == ["empty.jpg", "truncated.jpg"]
+    written = data.write_report(ds, tmp_path)
+    assert json.loads(written[0].read_text())["skipped"] == ds.report["skipped"]
+
+
+def test_too_many_unreadable_images_stop_with_one_line_naming_them(tmp_path):
+    root = tmp_path / "photos"
+    _folder(root, n=20)
+    for i in range(3):
+        (root / "dog" / f"bad{i}.jpg").write_bytes(b"junk")
+    with pytest.raises(UserError, match=r"3 of 43 images cannot be decoded .*bad0.jpg, .*bad1.jpg, .*bad2.jpg"):
+        data.load(_cfg(root, tmp_path), seed=0)  # 1% allowed by default
+    assert not list((tmp_path / "cache").glob("*/index.json"))  # nothing half-written is kept
+
+
+def test_flat_folder_split_is_stratified_seeded_and_disjoint(tmp_path):
+    root = tmp_path / "photos"
+    _folder(root, n=50)
+    cfg = _cfg(root, tmp_path, test_fraction=0.2, val_fraction=0.1)
+    ds = data.load(cfg, seed=0)
+    assert torch.bincount(ds.test_y).tolist() == [10, 10] and torch.bincount(ds.val_y).tolist() == [4, 4]
+    assert len(ds.train_y) == 72 and set(ds.train_y[:10].tolist()) == {0, 1}  # shuffled: a prefix has both
+    pixel = lambda x: {tuple(img[:, 8, 8].tolist()) for img in x}  # noqa: E731 (every photo is unique)
+    assert not pixel(ds.train_x) & pixel(ds.test_x) and not pixel(ds.train_x) & pixel(ds.val_x)
+    again, other = data.load(cfg, seed=0), data.load(cfg, seed=1)
+    assert torch.equal(again.test_x, ds.test_x) and not torch.equal(other.test_x, ds.test_x)
+
+
+@pytest.mark.parametrize("splits", [("train", "val"), ("train", "val", "test"), ("train", "test")])
+def test_given_layouts_are_used_as_given(tmp_path, splits):
+    root = tmp_path / "photos"
+    for k, split in enumerate(splits):
+        _folder(root / split, n=10 if split == "train" else 3, start=100 * k)
+    ds = data.load(_cfg(root, tmp_path), seed=0)
+    assert len(ds.test_y) == 6  # val/ is the report's split when there is no test/
+    if "val" in splits and "test" in splits:
+        assert len(ds.val_y) == 6 and len(ds.train_y) == 20
+    else:  # validation comes out of train/, never out of the reported split
+        assert len(ds.val_y) == 2 and len(ds.train_y) == 18
+    (root / splits[1] / "bird").mkdir()
+    _photo(root / splits[1] / "bird" / "x.png", (1, 2, 3))
+    with pytest.raises(UserError, match="bird"):
+        data.load(_cfg(root, tmp_path), seed=0)
+
+
+def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    _folder(root, n=12)
+    first = data.load(_cfg(root, tmp_path), seed=0)
+    calls = []
+    real = imagefolder.decode_one
+    monkeypatch.setattr(imagefolder, "decode_one", lambda *a: calls.append(a) or real(*a))
+    second = data.load(_cfg(root, tmp_path), seed=0)
+    assert calls == [] and torch.equal(first.train_x, second.train_x)  # nothing decoded again
+    storage = second.train_x.untyped_storage().data_ptr()  # every split is a view of one memory map, not a copy
+    assert second.val_x.untyped_storage().data_ptr() == storage == second.test_x.untyped_storage().data_ptr()
+    _photo(root / "cat" / "000.png", (255, 255, 255))  # same name, new content and mtime
+    third = data.load(_cfg(root, tmp_path), seed=0)
+    assert len(list((tmp_path / "cache").glob("*/index.json"))) == 2
+    total = lambda ds: sum(x.double().sum() for x in (ds.train_x, ds.val_x, ds.test_x))  # noqa: E731
+    assert total(third) > total(first)  # the new white photo, wherever the split put it
+    assert data.load(_cfg(root, tmp_path, image_size=24), seed=0).train_x.shape[2:] == (24, 24)
+
+
+def test_resize_shorter_side_then_centre_crop(tmp_path):
+    img = Image.new("RGB", (60, 30), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 15, 30))  # red left quarter: outside the centre crop
+    img.save(tmp_path / "wide.png")
+    out = imagefolder.decode_one(str(tmp_path / "wide.png"), 20)
+    assert out.shape == (20, 20, 3) and out[..., 0].max() < 30 and out[..., 2].min() > 220
+    assert imagefolder.decode_one(str(tmp_path / "missing.png"), 20) is None
+
+
+def test_image_size_upsamples_in_memory_sets():
+    cfg = DataConfig(dataset="synthetic", synthetic_train=64, synthetic_test=16, synthetic_size=16, image_size=40)
+    ds = data.load(cfg, seed=0)
+    assert ds.train_x.shape[1:] == (1, 40, 40) and ds.test_x.shape[1:] == (1, 40, 40) and ds.meta()["size"] == 40
+
+
+def test_resized_crop_flip_on_whole_batches():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(2, 3, 32, 32)
+    x = x.repeat(32, 1, 1, 1)
+    a = data.augment(x, "resized_crop_flip", torch.Generator().manual_seed(0))
+    b = data.augment(x, "resized_crop_flip", torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    changed = (a != x).flatten(1).any(1)
+    assert changed.float().mean() > 0.9  # nearly every image is cropped, zoomed or flipped
+
+
+@pytest.mark.slow
+def test_whole_chain_on_a_photo_folder_with_torchvision_nets(cli, tmp_path):
+    root = tmp_path / "photos"
+    _folder(root, classes=("cat", "dog", "fox"), n=40, size=(48, 40))
+    (root / "cat" / "notes.txt").write_text("junk")
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    run = tmp_path / "run"
+    args = ["-c", "smoke", "-r", str(run), "--set", "data.dataset=imagefolder", "--set", f"data.root={root}",
+            "--set", "data.image_size=32", "--set", "data.max_bad_fraction=0.02", "--set", "teacher.arch=resnet18",
+            "--set", "teacher.width=1.0", "--set", "student.arch=mobilenet_v3_small", "--set", "student.width=1.0",
+            "--set", "adapt.stages=[2]", "--set", "quantize.tflite=[]", "--set", "quantize.max_drop=100"]
+    result = cli(*args, "all")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "teacher" / "data_report.json").read_text())
+    assert report["ignored"]["not an image"] == 1 and [os.path.basename(p) for p in report["skipped"]] == ["broken.jpg"]
+    doc = json.loads((run / "benchmark" / "results.json").read_text())
+    ok = {r["artifact"] for r in doc["rows"] if r["status"] == "ok"}
+    assert {"onnx_fp32", "onnx_int8_x86", "onnx_int8_arm"} <= ok
+    import onnx
+
+    dims = onnx.load(str(run / "export" / "onnx_fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1:] == [3, 32, 32]
