@@ -115,7 +115,7 @@ class DistillConfig:
     hint_weight: float = check(1.0, ge=0.0)
     at_weight: float = check(1000.0, ge=0.0)
     hint_loss: str = check("mse", choices=("mse", "smooth_l1"))
-    kd_target: str = check("adapted", choices=("adapted", "original"))  # ama: soft targets from which teacher
+    kd_target: str = check("original", choices=("adapted", "original"))  # ama: soft targets from which teacher
     joint: bool = False
     baseline: bool = True
     augment: str = check("none", choices=AUGMENT)

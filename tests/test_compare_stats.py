@@ -41,9 +41,9 @@ def test_method_entries_carry_distill_overrides():
         ("ama", {"kd_target": "original", "hint_weight": 0.3})
     assert compare.parse_entry("kd") == ("kd", {})
     cfg = config.load("smoke")
-    name, ecfg = compare.entry_config(cfg, "ama(kd_target=original,hint_loss=smooth_l1)")
-    assert name == "ama" and ecfg.distill.kd_target == "original" and ecfg.distill.hint_loss == "smooth_l1"
-    assert ecfg.student == cfg.student and cfg.distill.kd_target == "adapted"
+    name, ecfg = compare.entry_config(cfg, "ama(kd_target=adapted,hint_loss=smooth_l1)")
+    assert name == "ama" and ecfg.distill.kd_target == "adapted" and ecfg.distill.hint_loss == "smooth_l1"
+    assert ecfg.student == cfg.student and cfg.distill.kd_target == "original"
     assert compare.folder_name("ama(kd_target=original)") == "ama_kd_target=original"
     with pytest.raises(UserError, match="did you mean 'distill.hint_weight'"):
         compare.entry_config(cfg, "ama(hint_wieght=0.3)")
