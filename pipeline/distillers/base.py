@@ -23,9 +23,10 @@ def _freeze(module: nn.Module) -> nn.Module:
 def _pixel_hash(u8: torch.Tensor) -> torch.Tensor:
     """An int64 per image: pixels dotted with fixed pseudo-random weights below 2^20 (no overflow below
     ~34M pixels per image). Collisions are harmless: a hit is confirmed against the pixels."""
-    flat = u8.reshape(len(u8), -1).long()
+    flat = u8.reshape(len(u8), -1)
     weights = torch.randint(1, 1 << 20, (flat.shape[1],), generator=torch.Generator().manual_seed(1234))
-    return (flat * weights).sum(1)
+    step = max(1, (1 << 26) // max(1, flat.shape[1]))  # int64 chunks of ~512 MB: a photo set never expands at once
+    return torch.cat([(flat[i:i + step].long() * weights).sum(1) for i in range(0, len(flat), step)])
 
 
 class TargetCache:
