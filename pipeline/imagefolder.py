@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS  # the files torchvision's ImageFolder accepts
 
 from pipeline.errors import UserError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision's
 SPLITS = ("train", "val", "test")
 
 
