@@ -12,7 +12,6 @@ inside the timing (what a CI machine's first run pays); without it the cached tr
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,9 @@ RUN = ["-c", "smoke", "-s", "data.dataset=fashion_mnist", "-s", "data.train_subs
        "-s", "bundle.images=1000", "-s", "benchmark.eval_images=1000"]
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     from deploy import arm_check
+    from deploy.runner import cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/arm-fm"))
@@ -48,7 +41,7 @@ def main() -> None:
         cache = Path(cold) if args.cold else None
         doc, rows, times = arm_check.check(bundle, args.run_dir / "bundle" / "arm64-emulated.json", cache)
     m = doc["machine"]
-    print(f"host: {cpu_model()}, {m['cores']} cores; arm64: Debian 12 ({m['os']}), Python {m['python']}, qemu "
+    print(f"host: {cpu_name()}, {m['cores']} cores; arm64: Debian 12 ({m['os']}), Python {m['python']}, qemu "
           f"{m['qemu']}, runtimes " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()))
     print(f"host runtimes: " + ", ".join(f"{k} {v}" for k, v in m["host_runtimes"].items() if k != "torch"))
     print(f"cache: {'cold (tree built, wheels installed)' if args.cold else 'warm (tree and venv reused)'}\n")

@@ -20,19 +20,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deploy.runner import cpu_name  # noqa: E402
 
 
 def timed(cmd: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -58,7 +54,7 @@ def main() -> None:
             cwd=ROOT, check=True, capture_output=True, text=True).stdout
     finally:
         shutil.rmtree(run, ignore_errors=True)
-    print(f"machine: {cpu_model()}, {platform.machine()}, Python {platform.python_version()}")
+    print(f"machine: {cpu_name()}, {platform.machine()}, Python {platform.python_version()}")
     print(f"config: {args.config} {' '.join(args.set)}")
     print("| what | seconds |\n|---|---|")
     print(f"| teacher trained (stage time, the baseline) | {trained:.2f} |")

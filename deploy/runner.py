@@ -312,7 +312,7 @@ def _reason(proc) -> str:
 
 # --- the machine and the results document --------------------------------------------------------------
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -334,7 +334,7 @@ def machine_info(device: str = "") -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {"device": device or platform.node(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+    return {"device": device or platform.node(), "cpu": cpu_name(), "cores": os.cpu_count(),
             "arch": platform.machine(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "runtimes": versions}
 

@@ -273,9 +273,6 @@ def _imagefolder(cfg: DataConfig, seed: int) -> Dataset:
     a, b = n["train"], n["train"] + n["val"]
     report = {"root": str(cfg.root), "image_size": size, "images": n, "ignored": sc.ignored,
               "skipped": index["skipped"], "decode_images_per_s": index["images_per_s"]}
-    if "stats" not in index:
-        index["stats"] = channel_stats(x[:min(a, 20000)])
-        imagefolder.save_index(images, index)
     return Dataset("imagefolder", x[:a], y[:a], x[b:], y[b:], index["classes"], x[a:b], y[a:b], report,
                    tuple(map(tuple, index["stats"])))
 

@@ -20,10 +20,12 @@ stored in split order train | val | test so that each split is a view, never a c
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,7 +156,11 @@ def decode(sc: Scan, size: int, cache_dir: Path, max_bad_fraction: float, log=pr
     the folder first if the cache has no entry for it."""
     folder = cache_dir / cache_key(sc, size)
     if not (folder / "index.json").is_file():
-        _build(sc, size, folder, max_bad_fraction, log, workers)
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        try:
+            _build(sc, size, folder, tmp, max_bad_fraction, log, workers)
+        finally:  # an error, Ctrl-C or SIGTERM midway leaves no half-written entry behind
+            shutil.rmtree(tmp, ignore_errors=True)
     index = json.loads((folder / "index.json").read_text())
     n = sum(index["lengths"].values())
     images = np.memmap(folder / "images.u8", np.uint8, "c", shape=(n, 3, size, size))
@@ -162,25 +168,13 @@ def decode(sc: Scan, size: int, cache_dir: Path, max_bad_fraction: float, log=pr
     return images, labels, index
 
 
-def save_index(images: np.memmap, index: dict) -> None:
-    """Rewrite the cache entry's index (e.g. with the training split's channel statistics added)."""
-    path = Path(images.filename).with_name("index.json")
-    tmp = path.with_name(f"index.json.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(index))
-        tmp.replace(path)
-    except OSError:  # a read-only cache still works; the statistics are computed again next time
-        tmp.unlink(missing_ok=True)
-
-
-def _build(sc: Scan, size: int, folder: Path, max_bad_fraction: float, log, workers: int | None) -> None:
+def _build(sc: Scan, size: int, folder: Path, tmp: Path, max_bad_fraction: float, log, workers: int | None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    import time
+    from pipeline.data import channel_stats
 
     ordered = [(s, p, y) for s in SPLITS for p, y in sc.files[s]]
     total = len(ordered)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -204,7 +198,6 @@ def _build(sc: Scan, size: int, folder: Path, max_bad_fraction: float, log, work
             bar.update(task, rate=f"{done / (time.perf_counter() - started):.0f} images/s")
     seconds = time.perf_counter() - started
     if len(bad) > max_bad_fraction * total:
-        shutil.rmtree(tmp, ignore_errors=True)
         paths = sorted(ordered[i][1] for i in bad)
         first = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
         raise UserError(f"{len(bad)} of {total} images cannot be decoded (more than data.max_bad_fraction "
@@ -219,14 +212,15 @@ def _build(sc: Scan, size: int, folder: Path, max_bad_fraction: float, log, work
         del images
         os.truncate(tmp / "images.u8", len(keep) * 3 * size * size)
     lengths = {s: sum(1 for i in keep if ordered[i][0] == s) for s in SPLITS}
+    train = np.memmap(tmp / "images.u8", np.uint8, "c", shape=(min(lengths["train"], 20000), 3, size, size))
     index = {"classes": sc.classes, "lengths": lengths, "labels": [ordered[i][2] for i in keep],
+             "stats": channel_stats(torch.from_numpy(train)),  # chunked: the map is never read in whole
              "skipped": sorted(ordered[i][1] for i in bad), "ignored": sc.ignored, "image_size": size,
              "decode_seconds": round(seconds, 2), "images_per_s": round(total / max(seconds, 1e-9), 1)}
+    del train
     (tmp / "index.json").write_text(json.dumps(index))
-    try:
+    with contextlib.suppress(OSError):  # OSError: another process finished the same entry first
         tmp.rename(folder)
-    except OSError:  # another process finished the same entry first
-        shutil.rmtree(tmp, ignore_errors=True)
     log(f"decoded {total} images in {seconds:.1f} s ({index['images_per_s']:.0f} images/s, {workers} processes); "
         f"ignored {sc.ignored['hidden']} hidden and {sc.ignored['not an image']} non-image files, skipped {len(bad)} "
         "unreadable images (listed in the teacher stage's data_report.json)")
