@@ -82,23 +82,24 @@ def interpreter(path: Path, threads: int = 1):
                         "'compress quantize --force quantize'") from exc
 
 
-def logits(path: Path, x_nchw: np.ndarray, batch: int = 500, threads: int = 2) -> np.ndarray:
+def logits(path: Path, x_nchw, batch: int = 500, threads: int = 2) -> np.ndarray:
     """Run normalised float NCHW images through a TFLite model (NHWC input); float32 logits.
 
+    ``x_nchw`` is an array or anything sliced into arrays batch by batch (artifacts.Normalized).
     int8 models get their input quantized and their output dequantized with the file's own parameters.
     A graph with a fixed batch (litert-torch writes batch 1; ShuffleNet's channel-shuffle reshapes cannot
     take another) runs image by image.
     """
     interp = interpreter(path, threads)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
-    results, current = [], None
-    for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
-        if current != len(xb):
-            if not _resize(interp, inp, [len(xb), *x.shape[1:]]):
-                return np.concatenate(results + [logits_one_by_one(interp, x[i:], inp, out)])
-            current = len(xb)
+    results, current, one_by_one = [], None, False
+    for i in range(0, len(x_nchw), batch):
+        xb = np.ascontiguousarray(x_nchw[i:i + batch].transpose(0, 2, 3, 1))
+        if not one_by_one and current != len(xb):
+            one_by_one, current = not _resize(interp, inp, list(xb.shape)), len(xb)
+        if one_by_one:
+            results.append(logits_one_by_one(interp, xb, inp, out))
+            continue
         interp.set_tensor(inp["index"], _to_input(xb, inp))
         interp.invoke()
         results.append(_from_output(interp.get_tensor(out["index"]), out))

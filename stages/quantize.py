@@ -34,9 +34,9 @@ class Inputs:
         self.meta = onnx_tools.metadata(self.proto)
         ds = data.load(ctx.cfg.data, ctx.cfg.seed)
         self.split = "val" if len(ds.val_y) else "test"  # what the gate decides on
-        self.x = artifacts.normalized(ds, getattr(ds, f"{self.split}_x"))
+        self.x = artifacts.Normalized(ds, getattr(ds, f"{self.split}_x"))  # float32 one batch at a time
         self.y = getattr(ds, f"{self.split}_y").numpy()
-        self.test_x, self.test_y = artifacts.normalized(ds, ds.test_x), ds.test_y.numpy()
+        self.test_x, self.test_y = artifacts.Normalized(ds, ds.test_x), ds.test_y.numpy()
         artifacts.check_images(self.test_x, self.meta["input_size"], "the test set")
         self.ref_top1 = top1(onnx_tools.logits(src, self.x, qcfg.eval_batch_size), self.y)
         self.ref_test_top1 = top1(onnx_tools.logits(src, self.test_x, qcfg.eval_batch_size), self.test_y)

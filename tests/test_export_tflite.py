@@ -14,6 +14,20 @@ pytestmark = pytest.mark.slow
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+class _Sliced:
+    """Images handed out only batch by batch (as artifacts.Normalized does); whole-array use would fail."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.ndim = x, x.shape, x.ndim
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index: slice):
+        assert isinstance(index, slice)
+        return self.x[index].copy()
+
+
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     """Per CIFAR net at width 0.25 and 8 px: its ONNX logits (the reference) and the three TFLite precisions
@@ -48,6 +62,7 @@ def test_tflite_matrix(matrix, arch):
         assert result[precision]["status"] == "ok", result[precision]
         path = root / f"{arch}_{precision}.tflite"
         out = tflite_tools.logits(path, x, batch=16)
+        assert (tflite_tools.logits(path, _Sliced(x), batch=24) == out).all()  # batches sliced out lazily
         span = float(ref.max() - ref.min())
         # fp32 is exact up to summation order; fp16 weights and int8 are bounded relative to the logit range
         bound = {"fp32": 1e-4 * max(span, 1), "fp16": 0.02 * span, "int8": 0.25 * span}[precision]

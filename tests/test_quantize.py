@@ -78,6 +78,21 @@ def test_ort_int8_artifacts(good):
     assert ctx.metrics["gate_split"] == "val" and "fp32_val_top1" in ctx.metrics and "fp32_test_top1" in ctx.metrics
 
 
+def test_splits_normalised_batch_by_batch(good):
+    """The stage holds each split as uint8 and normalises one batch at a time, with the same figures."""
+    from pipeline import artifacts, data
+    from stages.quantize import top1
+
+    cfg, run, ctx = good
+    ds = data.load(cfg.data, cfg.seed)
+    lazy, whole = artifacts.Normalized(ds, ds.test_x), artifacts.normalized(ds, ds.test_x)
+    assert len(lazy) == len(whole) and lazy.shape == whole.shape and lazy.ndim == 4
+    assert (lazy[5:37] == whole[5:37]).all() and lazy[5:37].dtype == whole.dtype
+    src = run.root / "simplify" / "onnx_simplified.onnx"
+    assert (onnx_tools.logits(src, lazy, batch=7) == onnx_tools.logits(src, whole, batch=7)).all()
+    assert ctx.metrics["fp32_test_top1"] == round(top1(onnx_tools.logits(src, whole), ds.test_y.numpy()), 5)
+
+
 def shifted_logits_model(cfg, shift: float = 2000.0):
     """A student whose logits all carry a large common offset: softmax and argmax are unchanged in
     float, but int8 on the output must span [0, shift] and rounds every class to the same value."""
