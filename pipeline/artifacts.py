@@ -76,7 +76,7 @@ def written(ctx) -> list[Path]:
 
 def normalized(ds, x_uint8) -> np.ndarray:
     """uint8 NCHW images -> normalised float32 NCHW, exactly as training fed them."""
-    return ds.normalize(x_uint8).numpy().astype(np.float32)
+    return ds.normalize(x_uint8).numpy()  # float32 already: no second copy
 
 
 class Normalized:

@@ -65,7 +65,7 @@ class Dataset:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float().div_(255) - mean) / std
+        return x.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)  # one float copy, then in place
 
 
 def write_report(ds: Dataset, folder: Path) -> list[Path]:

@@ -145,3 +145,14 @@ def test_every_data_set_gets_a_validation_split_training_never_sees():
     assert train | val == rows and not train & val
     sub = data.load(DataConfig(dataset="synthetic", synthetic_train=400, val_fraction=0.25, train_subset=50))
     assert len(sub.train_y) == 50 and torch.equal(sub.val_x, ds.val_x)  # the subset never eats into val
+
+
+def test_normalize_is_the_formula_and_leaves_its_input_alone():
+    x = torch.randint(0, 256, (8, 3, 5, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ds = data.Dataset("t", x, torch.zeros(8, dtype=torch.int64), x, torch.zeros(8, dtype=torch.int64), ["a"],
+                      stats=((0.49, 0.48, 0.45), (0.247, 0.243, 0.261)))
+    mean, std = torch.tensor(ds.mean).view(1, 3, 1, 1), torch.tensor(ds.std).view(1, 3, 1, 1)
+    expected = (x.float() / 255 - mean) / std
+    assert torch.equal(ds.normalize(x), expected)  # in place after one copy: the same bits as the formula
+    as_float = x.float()
+    assert torch.equal(ds.normalize(as_float), expected) and torch.equal(as_float, x.float())  # input untouched
