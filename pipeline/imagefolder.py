@@ -15,7 +15,9 @@ Why our own code rather than torchvision's ImageFolder + DataLoader: training he
 batches in memory-mapped arrays (one decode for every stage and every run, no per-epoch JPEG decoding on two
 cores), which a per-sample Dataset cannot give. The cache is ``<cache>/<key>/images.u8`` (N x 3 x S x S uint8,
 stored in split order train | val | test so that each split is a view, never a copy in RAM) plus
-``index.json``; the key hashes the file list, sizes, mtimes, image_size and the split settings.
+``index.json``; the key hashes the file list, sizes, mtimes, image_size and the split settings. A new entry
+replaces the entries of the same folder and image_size that were decoded from files since changed, added or
+removed, so editing a folder does not pile up stale copies; entries for other sizes or split settings stay.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class Scan:
     classes: list[str]
     files: dict[str, list[tuple[str, int]]]
     ignored: dict[str, int] = field(default_factory=lambda: {"hidden": 0, "not an image": 0})
+    root: str = ""  # the folder scanned, resolved
 
 
 def default_cache_dir() -> Path:
@@ -86,13 +89,13 @@ def scan(root: Path, test_fraction: float, val_fraction: float, seed: int) -> Sc
             if extra:
                 raise UserError(f"{folder} has classes {sorted(extra)} that {given['train']} lacks; "
                                 "give every split the same class folders")
-        result = Scan(classes, {})
+        result = Scan(classes, {}, root=str(root.resolve()))
         result.files = {s: _class_files(f, classes, result.ignored) for s, f in given.items()}
         if "test" not in result.files:  # train + val: val/ is what the report measures
             result.files["test"] = result.files.pop("val")
     else:
         classes = _classes(root)
-        result = Scan(classes, {})
+        result = Scan(classes, {}, root=str(root.resolve()))
         everything = _class_files(root, classes, result.ignored)
         labels = torch.tensor([y for _, y in everything])
         kept, held = split_off(labels, test_fraction, seed) if len(everything) else ([], [])
@@ -117,6 +120,29 @@ def cache_key(sc: Scan, image_size: int) -> str:
             st = os.stat(path)
             h.update(f"{split}\0{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
+
+
+def _content(sc: Scan) -> str:
+    """What the folder held, whatever the split: every image file with its size and mtime."""
+    h = hashlib.sha256()
+    for path in sorted(p for files in sc.files.values() for p, _ in files):
+        st = os.stat(path)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _drop_stale(cache_dir: Path, index: dict, keep: str, log) -> None:
+    """Remove the entries of the same folder and image size decoded from an earlier state of the folder."""
+    freed = 0
+    for other in cache_dir.glob("*/index.json"):
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(other.read_text())
+            if (other.parent.name != keep and ".tmp" not in other.parent.name and old.get("source") == index["source"]
+                    and old.get("image_size") == index["image_size"] and old.get("content") != index["content"]):
+                freed += sum(f.stat().st_size for f in other.parent.iterdir())
+                shutil.rmtree(other.parent)
+    if freed:
+        log(f"removed the decode of an earlier state of this folder from the cache ({freed / 2**20:.1f} MB)")
 
 
 def decode_one(path: str, size: int) -> np.ndarray | None:
@@ -216,11 +242,13 @@ def _build(sc: Scan, size: int, folder: Path, tmp: Path, max_bad_fraction: float
     index = {"classes": sc.classes, "lengths": lengths, "labels": [ordered[i][2] for i in keep],
              "stats": channel_stats(torch.from_numpy(train)),  # chunked: the map is never read in whole
              "skipped": sorted(ordered[i][1] for i in bad), "ignored": sc.ignored, "image_size": size,
+             "source": sc.root, "content": _content(sc),
              "decode_seconds": round(seconds, 2), "images_per_s": round(total / max(seconds, 1e-9), 1)}
     del train
     (tmp / "index.json").write_text(json.dumps(index))
     with contextlib.suppress(OSError):  # OSError: another process finished the same entry first
         tmp.rename(folder)
+    _drop_stale(folder.parent, index, folder.name, log)
     log(f"decoded {total} images in {seconds:.1f} s ({index['images_per_s']:.0f} images/s, {workers} processes); "
         f"ignored {sc.ignored['hidden']} hidden and {sc.ignored['not an image']} non-image files, skipped {len(bad)} "
         "unreadable images (listed in the teacher stage's data_report.json)")

@@ -107,10 +107,17 @@ def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monk
     assert second.val_x.untyped_storage().data_ptr() == storage == second.test_x.untyped_storage().data_ptr()
     _photo(root / "cat" / "000.png", (255, 255, 255))  # same name, new content and mtime
     third = data.load(_cfg(root, tmp_path), seed=0)
-    assert len(list((tmp_path / "cache").glob("*/index.json"))) == 2
+    entries = lambda: sorted(p.parent.name for p in (tmp_path / "cache").glob("*/index.json"))  # noqa: E731
+    assert len(entries()) == 1  # decoded again, and the stale decode of the old folder removed
     total = lambda ds: sum(x.double().sum() for x in (ds.train_x, ds.val_x, ds.test_x))  # noqa: E731
     assert total(third) > total(first)  # the new white photo, wherever the split put it
     assert data.load(_cfg(root, tmp_path, image_size=24), seed=0).train_x.shape[2:] == (24, 24)
+    data.load(_cfg(root, tmp_path, val_fraction=0.3), seed=0)
+    kept = entries()
+    assert len(kept) == 3  # other sizes and split settings of the same files are not stale
+    (root / "dog" / "099.png").write_bytes((root / "dog" / "001.jpg").read_bytes())  # one image added
+    data.load(_cfg(root, tmp_path, image_size=24), seed=0)
+    assert len(entries()) == 3 and len(set(entries()) - set(kept)) == 1  # only the 24 px entry was replaced
 
 
 def test_resize_shorter_side_then_centre_crop(tmp_path):
