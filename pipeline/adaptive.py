@@ -44,20 +44,29 @@ def _resolutions(outs: list[tuple], size: int) -> str:
     return ", ".join(f"{h}x{w} (stride {size // h})" if h else f"{h}x{w}" for _, h, w in outs)
 
 
-def plan(teacher: nn.Module, student: nn.Module, stages, channels: int, size: int) -> list[dict]:
-    """For each adapted teacher stage: the adapter's input channels, output shape and stride, and the
-    student stage of the same resolution; a clear error otherwise.
+def stage_pairs(teacher: nn.Module, student: nn.Module, channels: int, size: int) -> dict[int, int]:
+    """Teacher stage -> the first student stage whose map has the same height and width; a clear error when
+    they share none.
 
     Stages are aligned by resolution, not by index: unlike nets (a ResNet teacher, a MobileNet student)
-    have different numbers of stages, but a teacher map at stride s is paired with the student's at s.
+    have different numbers of stages at different strides, but a teacher map at stride s pairs with the
+    student's at s. Every method that matches maps (ama, fitnets, at) pairs them this way.
     """
-    t_in, t_out = stage_shapes(teacher, channels, size)
-    _, s_out = stage_shapes(student, channels, size)
+    t_out, s_out = stage_shapes(teacher, channels, size)[1], stage_shapes(student, channels, size)[1]
     by_res = {o[1:]: j for j, o in reversed(list(enumerate(s_out)))}  # the first student stage at a resolution
-    common = [i for i, o in enumerate(t_out) if o[1:] in by_res]
-    if not common:
+    pairs = {i: by_res[o[1:]] for i, o in enumerate(t_out) if o[1:] in by_res}
+    if not pairs:
         raise UserError(f"teacher and student share no map resolution at {size} px: the teacher's maps are "
                         f"{_resolutions(t_out, size)}, the student's {_resolutions(s_out, size)}")
+    return pairs
+
+
+def plan(teacher: nn.Module, student: nn.Module, stages, channels: int, size: int) -> list[dict]:
+    """For each adapted teacher stage: the adapter's input channels, output shape and stride, and the
+    student stage of the same resolution (see ``stage_pairs``); a clear error otherwise."""
+    pairs = stage_pairs(teacher, student, channels, size)
+    t_in, t_out = stage_shapes(teacher, channels, size)
+    _, s_out = stage_shapes(student, channels, size)
     if not stages:
         raise UserError("adapt.stages is empty; list at least one teacher stage, e.g. [1]")
     specs = []
@@ -65,11 +74,11 @@ def plan(teacher: nn.Module, student: nn.Module, stages, channels: int, size: in
         if not 0 <= i < len(t_out):
             raise UserError(f"adapt.stages has {i}, out of range: the teacher's stages are 0..{len(t_out) - 1}")
         (cin, hin, win), (ct, ht, wt) = t_in[i], t_out[i]
-        j = by_res.get((ht, wt))
+        j = pairs.get(i)
         if j is None or hin % ht or win % wt:
             raise UserError(f"adapt.stages has {i}, whose {ht}x{wt} map no student stage has; stages with a "
-                            f"student match: {common} (teacher maps {_resolutions(t_out, size)}, student maps "
-                            f"{_resolutions(s_out, size)})")
+                            f"student match: {sorted(pairs)} (teacher maps {_resolutions(t_out, size)}, "
+                            f"student maps {_resolutions(s_out, size)})")
         specs.append({"stage": i, "student_stage": j, "in_channels": cin, "student_shape": tuple(s_out[j]),
                       "stride": hin // ht, "teacher_channels": ct})
     return specs

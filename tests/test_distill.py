@@ -109,7 +109,7 @@ def test_every_method_trains_the_student_only_and_cached_equals_live(method):
     teacher = models.create("resnet8", 1, 3, width=0.5).eval()
     student = models.create("resnet8", 1, 3, width=0.25)
     source = adaptive.build(teacher, student, [1], 1, SIZE) if method == "ama" else teacher
-    task = distillers.create(method, student, source, DistillConfig(), [1])
+    task = distillers.create(method, student, source, DistillConfig(), [1], (1, SIZE))
     task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
     task.teacher_precision = "fp32"
     task.train()
@@ -135,7 +135,7 @@ def test_joint_ama_trains_module_and_does_not_cache():
     teacher = models.create("resnet8", 1, 3, width=0.5).eval()
     student = models.create("resnet8", 1, 3, width=0.25)
     adapted = adaptive.build(teacher, student, [1], 1, SIZE)
-    task = distillers.create("ama", student, adapted, DistillConfig(joint=True), [1])
+    task = distillers.create("ama", student, adapted, DistillConfig(joint=True), [1], (1, SIZE))
     task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
     assert task.cache is None
     task.train()
@@ -158,7 +158,8 @@ def test_ama_kd_target_picks_whose_logits_the_kl_follows(joint):
     assert not torch.allclose(original, adapted_logits)  # the two readings really differ
     seen = {}
     for target in ("original", "adapted"):
-        task = distillers.create("ama", student, adapted, DistillConfig(kd_target=target, joint=joint), [1])
+        task = distillers.create("ama", student, adapted, DistillConfig(kd_target=target, joint=joint), [1],
+                                 (1, SIZE))
         task.eval()
         task.loss = lambda x_, y_, targets, t=target: (seen.__setitem__(t, targets), (torch.zeros(()), None))[1]
         task(x, y)

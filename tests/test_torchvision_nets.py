@@ -93,7 +93,7 @@ def test_ama_loss_trains_through_unlike_pair():
     torch.manual_seed(0)
     teacher, student = models.create("resnet18", 3, 5).eval(), models.create("mobilenet_v3_small", 3, 5)
     adapted = adaptive.build(teacher, student, [1], 3, 32)
-    task = distillers.create("ama", student, adapted, DistillConfig(), [1])
+    task = distillers.create("ama", student, adapted, DistillConfig(), [1], (3, 32))
     task.train()
     loss, logits = task(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     loss.backward()
@@ -189,3 +189,24 @@ def test_teacher_epochs_0_uses_the_weights_as_given(tmp_path):
     assert not (run.root / "teacher" / "metrics.jsonl").exists()  # nothing was trained
     with pytest.raises(UserError, match="teacher.weights is empty"):
         run_stage(run, smoke_config("teacher.epochs=0"), "teacher")
+
+
+@pytest.mark.parametrize("method", ["fitnets", "at", "ama"])
+def test_map_methods_pair_stages_by_resolution_not_index(method):
+    """A CIFAR-style teacher (maps at stride 1, 2, 4) and a MobileNet student (stride 2 ... 32): index pairing
+    would match 32x32 maps with 16x16 ones; resolution pairing matches teacher stage 1 with student stage 0."""
+    torch.manual_seed(0)
+    teacher, student = models.create("resnet8", 3, 5, 0.5).eval(), models.create("mobilenet_v3_small", 3, 5)
+    assert adaptive.stage_pairs(teacher, student, 3, 32) == {1: 0, 2: 1}
+    source = adaptive.build(teacher, student, [1], 3, 32) if method == "ama" else teacher
+    task = distillers.create(method, student, source, DistillConfig(), [1], (3, 32))
+    task.train()
+    loss, logits = task(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert logits.shape == (4, 5) and torch.isfinite(loss)
+    pairs = task.teacher.student_stages if method == "ama" else task.pairs
+    assert pairs == ({1: 0, 2: 1} if method == "at" else {1: 0})  # at: every stage with a match
+    if method == "fitnets":
+        with pytest.raises(UserError, match=r"fitnets .* \[0\] has no student stage of its resolution; use stages "
+                                            r"from \[1, 2\]"):
+            distillers.create(method, student, teacher, DistillConfig(), [0], (3, 32))

@@ -29,10 +29,11 @@ def needs(name: str) -> str | None:
     return METHODS[name][2]
 
 
-def create(name: str, student, teacher, dcfg, stages):
-    """The training task for method ``name``; ``teacher`` is the adapted teacher for 'ama'."""
+def create(name: str, student, teacher, dcfg, stages, image: tuple[int, int]):
+    """The training task for method ``name``; ``teacher`` is the adapted teacher for 'ama'; ``image`` is
+    (channels, size) of the input, which the map-matching methods pair stages at."""
     import importlib
 
     check(name)
     module, cls, _ = METHODS[name]
-    return getattr(importlib.import_module(f"pipeline.distillers.{module}"), cls)(student, teacher, dcfg, stages)
+    return getattr(importlib.import_module(f"pipeline.distillers.{module}"), cls)(student, teacher, dcfg, stages, image)

@@ -18,7 +18,7 @@ from pipeline.distillers import losses
 from pipeline.distillers.base import Distiller
 
 class ActivationMapAdaptation(Distiller):
-    def __init__(self, student, teacher, dcfg, stages):
+    def __init__(self, student, teacher, dcfg, stages, image):
         super().__init__(student, teacher, dcfg, teacher.stages)
         if dcfg.joint:
             self.cacheable = False

@@ -60,7 +60,8 @@ class Distiller(nn.Module):
 
     cacheable = True
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, dcfg, stages: list[int]):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, dcfg, stages: list[int], image=None):
+        """``image`` (channels, size) is for the methods that pair stages by resolution (fitnets, at)."""
         super().__init__()
         self.student = student
         self.teacher = _freeze(teacher) if teacher is not None else None

@@ -52,7 +52,7 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
         raise UserError(f"method '{method}' needs the {side} model; run 'compress {stage}' first")
     student = new_student(cfg, ds, seed)
     task = distillers.create(method, student, copy.deepcopy(source) if source is not None else None,
-                             cfg.distill, list(cfg.adapt.stages))
+                             cfg.distill, list(cfg.adapt.stages), (ds.channels, ds.size))
     device = pick_device(cfg.device, init_distributed())
     cache_s = task.setup(ds, device, augment=cfg.distill.augment, channels_last=cfg.student.channels_last)
     out_dir.mkdir(parents=True, exist_ok=True)
