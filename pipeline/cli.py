@@ -196,6 +196,13 @@ def status():
     console.print(table)
     console.print(f"run-cache: {run.cache.root} ({run.cache.size() / 2**20:.1f} MB; 'compress gc' frees it)",
                   highlight=False)
+    if cfg.data.dataset == "imagefolder":
+        from pipeline import imagefolder
+
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else imagefolder.default_cache_dir()
+        entries, size = imagefolder.cache_usage(cache)
+        console.print(f"decode cache: {cache} ({entries} decoded folder(s), {size / 2**20:.1f} MB; delete an entry "
+                      "or the folder to free it)", highlight=False)
 
 
 @app.command()

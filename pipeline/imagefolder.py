@@ -122,6 +122,12 @@ def cache_key(sc: Scan, image_size: int) -> str:
     return h.hexdigest()[:24]
 
 
+def cache_usage(cache_dir: Path) -> tuple[int, int]:
+    """(decoded entries, bytes on disk) in the decode cache."""
+    files = [f for f in cache_dir.glob("*/*") if ".tmp" not in f.parent.name and f.is_file()]
+    return len({f.parent for f in files if f.name == "index.json"}), sum(f.stat().st_size for f in files)
+
+
 def _content(sc: Scan) -> str:
     """What the folder held, whatever the split: every image file with its size and mtime."""
     h = hashlib.sha256()

@@ -118,6 +118,19 @@ def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monk
     (root / "dog" / "099.png").write_bytes((root / "dog" / "001.jpg").read_bytes())  # one image added
     data.load(_cfg(root, tmp_path, image_size=24), seed=0)
     assert len(entries()) == 3 and len(set(entries()) - set(kept)) == 1  # only the 24 px entry was replaced
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file())
+    assert imagefolder.cache_usage(tmp_path / "cache") == (3, on_disk)
+
+
+def test_status_shows_the_decode_cache(cli, tmp_path):
+    root = tmp_path / "photos"
+    _folder(root, n=6)
+    data.load(_cfg(root, tmp_path), seed=0)
+    result = cli("-c", "smoke", "-r", str(tmp_path / "run"), "--set", "data.dataset=imagefolder", "--set",
+                 f"data.root={root}", "--set", f"data.cache_dir={tmp_path / 'cache'}", "status")
+    assert result.exit_code == 0, result.output
+    squeeze = lambda text: "".join(text.split())  # noqa: E731  (rich wraps long lines anywhere in a path)
+    assert squeeze(f"decode cache: {tmp_path / 'cache'} (1 decoded folder(s)") in squeeze(result.output)
 
 
 def test_resize_shorter_side_then_centre_crop(tmp_path):
