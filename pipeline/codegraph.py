@@ -46,7 +46,8 @@ def _imported_names(path: Path, name: str) -> frozenset[str]:
                 base = f"{anchor}.{base}" if base else anchor
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PACKAGES):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PACKAGES) \
+                and all(part.isidentifier() for part in node.value.split(".")):  # not an f-string's "pkg." part
             found.add(node.value)  # a module run by name, e.g. [sys.executable, "-m", "pipeline.tf_translate"]
     if path.name == "__init__.py" and "import_module(" in path.read_text():
         found.update(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__")

@@ -85,6 +85,8 @@ def test_import_graph_of_the_stages():
     assert {"pipeline.engine", "pipeline.data", "pipeline.models"} <= set(teacher)
     assert "pipeline.distillers.ama" in codegraph.closure("stages.distill")  # loaded by name from a registry
     assert "deploy.runner" in codegraph.closure("stages.benchmark")
+    distill = codegraph.closure("stages.distill")  # each file once, under its module name
+    assert all(part for name in distill for part in name.split(".")) and len(set(distill.values())) == len(distill)
 
 
 def test_editing_a_helper_only_quantize_uses_makes_only_quantize_and_benchmark_stale(tmp_path, monkeypatch):
