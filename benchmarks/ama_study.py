@@ -1,7 +1,7 @@
 """The adaptive-module study (issue #9): every reading of `ama` against student, kd, fitnets and at, 5 seeds.
 
     .venv/bin/python benchmarks/ama_study.py --root /work/study/default -c default [--seeds 5] [--jobs 2]
-    .venv/bin/python benchmarks/ama_study.py --root /work/study/study -c study --report-only
+    .venv/bin/python benchmarks/ama_study.py --root /work/study/study -c study --report-only [--seeds-from 5]
 
 Trains the teacher and the adaptive module once (ROOT/base), then runs the groups below in parallel processes,
 each in its own copy of the base run (ROOT/g<k>), through `compress compare`'s own training (compare.train_all),
@@ -136,6 +136,14 @@ def gather(args) -> None:
         summary = compare.report(cfg, RunDir(folder), console, results)
         atomic_write(folder / "compare" / "claims.md", claims_md(summary))
         console.print(claims_md(summary), highlight=False)
+        if args.seeds_from and folder == all_dir:  # the later seeds alone: a fresh sample, tabled on their own
+            later = {e: [r for r in rs if r["seed"] >= cfg.seed + args.seeds_from] for e, rs in results.items()}
+            later = {e: rs for e, rs in later.items() if rs}
+            if "student" in later:
+                part = compare.summarize(later, cfg.compare.target_top1)
+                text = compare.to_markdown(part, cfg) + claims_md(part)
+                atomic_write(folder / "compare" / f"seeds_from_{args.seeds_from}.md", text)
+                console.print(text, highlight=False)
 
 
 def claims_md(summary: dict) -> str:
@@ -160,6 +168,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no group after this many seconds")
     ap.add_argument("--group", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="only table what has finished")
+    ap.add_argument("--seeds-from", type=int, default=0,
+                    help="also table the runs of seeds K and later on their own (ROOT/all/compare/seeds_from_K.md)")
     args = ap.parse_args()
     sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
     import torch

@@ -209,9 +209,10 @@ def _pv(value) -> str:
 
 def to_markdown(summary: dict, cfg) -> str:
     target = cfg.compare.target_top1
+    seeds = sorted({s for r in summary.values() for s in r["seeds"]})  # those with results, not those configured
     lines = [f"Student {cfg.student.arch} (width {cfg.student.width}), {cfg.student.epochs} epochs, "
              f"data {cfg.data.dataset} (validation fraction {cfg.data.val_fraction}), "
-             f"seeds {cfg.seed}..{cfg.seed + cfg.compare.seeds - 1}.", "",
+             f"seeds {', '.join(map(str, seeds))}.", "",
              f"| method | runs | val top-1 % | test top-1 % (mean ± std) | Δ test vs student (pts) | paired p | Welch p "
              f"| train CE | Δ train CE | epochs to {target:.0%} (val) | s / epoch | epoch cost vs student |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -34,6 +34,7 @@ def test_pairs_only_the_seeds_both_have_and_kd_is_a_reference():
     assert compare.paired_p([0.01, 0.01]) is None  # no spread: undefined, not 0
     md = compare.to_markdown(s, config.load("smoke"))
     assert "| ama | kd | 2 | +0.50 / +1.00 |" in md and "paired p" in md
+    assert "seeds 0, 1, 2." in md  # the seeds with results, whatever compare.seeds says
 
 
 def test_method_entries_carry_distill_overrides():
