@@ -136,6 +136,10 @@ def gather(args) -> None:
         summary = compare.report(cfg, RunDir(folder), console, results)
         atomic_write(folder / "compare" / "claims.md", claims_md(summary))
         console.print(claims_md(summary), highlight=False)
+        if folder == all_dir and "kd" in results:
+            text = "\n".join(epochs_md(results, name) for name in results
+                             if name.startswith("ama") and len(results[name]) > 1)
+            atomic_write(folder / "compare" / "epochs.md", text)
         if args.seeds_from and folder == all_dir:  # the later seeds alone: a fresh sample, tabled on their own
             later = {e: [r for r in rs if r["seed"] >= cfg.seed + args.seeds_from] for e, rs in results.items()}
             later = {e: rs for e, rs in later.items() if rs}
@@ -144,6 +148,23 @@ def gather(args) -> None:
                 text = compare.to_markdown(part, cfg) + claims_md(part)
                 atomic_write(folder / "compare" / f"seeds_from_{args.seeds_from}.md", text)
                 console.print(text, highlight=False)
+
+
+def epochs_md(results: dict, name: str, ref: str = "kd") -> str:
+    """Validation top-1 of ``name`` minus ``ref`` after every epoch, paired by seed: faster, if not better?"""
+    from pipeline import compare
+
+    out = [f"Validation top-1 after each epoch, {name} minus {ref}, paired by seed (one test per epoch, not "
+           "corrected for the several epochs looked at):", "", "| epoch | seeds | differences (pts) | mean | paired p |",
+           "|---|---|---|---|---|"]
+    for e in range(len(results[name][0]["history"])):
+        def at(runs):
+            return [{"seed": r["seed"], "v": r["history"][e]["val_top1"]} for r in runs]
+        p = compare.paired(at(results[name]), at(results[ref]), "v")
+        diffs = " / ".join(f"{100 * d:+.2f}" for d in p["diffs"])
+        pv = "-" if p["paired_p"] is None else f"{p['paired_p']:.3f}"
+        out.append(f"| {e + 1} | {len(p['diffs'])} | {diffs} | {100 * p['mean_diff']:+.2f} | {pv} |")
+    return "\n".join(out) + "\n"
 
 
 def claims_md(summary: dict) -> str:
