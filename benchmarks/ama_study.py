@@ -75,7 +75,9 @@ def _spawn(args, k: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 
-def run_groups(args) -> None:
+def _checked_base(args):
+    """The base run's Runner; stops with one line if its teacher or module finished with other code or settings,
+    since every finished run of the study hangs on those files and retraining them would replace them."""
     from rich.console import Console
 
     from pipeline import runner as runner_mod
@@ -83,7 +85,20 @@ def run_groups(args) -> None:
 
     base = RunDir(args.root / "base")
     r = runner_mod.Runner(_load(args), base, Console())
+    states = r.states(base.manifest())
+    stale = [name for name in ("teacher", "adapt") if states[name] == "stale"]
+    if stale and not args.rebuild_base:
+        print(f"{base.root}: {' and '.join(stale)} finished with other code or settings; run the study with the "
+              "checkout that made them, or pass --rebuild-base to train them again (new runs then no longer pair "
+              "with the old ones)", file=sys.stderr)
+        sys.exit(2)
+    return r
+
+
+def run_groups(args) -> None:
+    r = _checked_base(args)
     r.run_all(r.select(to="adapt"))
+    base = r.run
     todo = list(args.only) if args.only else list(range(len(GROUPS)))  # in the order given
     for k in todo:
         _copy_run(base.root, args.root / f"g{k}")
@@ -111,6 +126,7 @@ def gather(args) -> None:
     from pipeline.store import RunDir, atomic_write
 
     console = Console()
+    _checked_base(args)
     all_dir = args.root / "all"
     _copy_run(args.root / "base", all_dir)
     for k, (adapt, entries) in enumerate(GROUPS):
@@ -187,6 +203,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="groups trained at once")
     ap.add_argument("--only", type=int, action="append", help="run only these group numbers")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no group after this many seconds")
+    ap.add_argument("--rebuild-base", action="store_true", help="retrain a teacher or module that is stale")
     ap.add_argument("--group", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="only table what has finished")
     ap.add_argument("--seeds-from", type=int, default=0,

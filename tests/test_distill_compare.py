@@ -61,3 +61,22 @@ def test_distill_under_ddp_gloo_two_processes(tmp_path):
         assert torch.equal(v, r1["state"][k]), k
     assert len(r0["history"]) == 1 and r0["history"][0]["train_loss"] > 0
     assert (tmp_path / "r0" / "metrics.jsonl").exists() and not (tmp_path / "r1" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_ama_study_never_retrains_a_stale_base(cli, tmp_path):
+    """The study's runs all hang on ROOT/base's teacher and module: with other settings it stops, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sets = [a for t in TINY for a in ("--set", t)]
+    assert cli("-c", "smoke", "-r", str(tmp_path / "base"), *sets, "adapt").exit_code == 0
+    teacher = (tmp_path / "base" / "teacher" / "model.pt").read_bytes()
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ama_study.py"
+    cmd = [sys.executable, str(script), "--root", str(tmp_path), "-c", "smoke", *sets, "--seeds", "1"]
+    stale = subprocess.run([*cmd, "--set", "teacher.lr=0.07", "--report-only"], capture_output=True, text=True)
+    assert stale.returncode == 2 and "teacher and adapt finished with other code or settings" in stale.stderr
+    assert (tmp_path / "base" / "teacher" / "model.pt").read_bytes() == teacher  # untouched
+    same = subprocess.run([*cmd, "--report-only"], capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr
