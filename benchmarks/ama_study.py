@@ -171,8 +171,8 @@ def epochs_md(results: dict, name: str, ref: str = "kd") -> str:
     from pipeline import compare
 
     out = [f"Validation top-1 after each epoch, {name} minus {ref}, paired by seed (one test per epoch, not "
-           "corrected for the several epochs looked at):", "", "| epoch | seeds | differences (pts) | mean | paired p |",
-           "|---|---|---|---|---|"]
+           "corrected for the several epochs looked at):", "",
+           "| epoch | seeds | differences (pts) | mean | paired p |", "|---|---|---|---|---|"]
     for e in range(len(results[name][0]["history"])):
         def at(runs):
             return [{"seed": r["seed"], "v": r["history"][e]["val_top1"]} for r in runs]

@@ -52,7 +52,10 @@ def stage_pairs(teacher: nn.Module, student: nn.Module, channels: int, size: int
     have different numbers of stages at different strides, but a teacher map at stride s pairs with the
     student's at s. Every method that matches maps (ama, fitnets, at) pairs them this way.
     """
-    t_out, s_out = stage_shapes(teacher, channels, size)[1], stage_shapes(student, channels, size)[1]
+    return _pairs(stage_shapes(teacher, channels, size)[1], stage_shapes(student, channels, size)[1], size)
+
+
+def _pairs(t_out: list[tuple], s_out: list[tuple], size: int) -> dict[int, int]:
     by_res = {o[1:]: j for j, o in reversed(list(enumerate(s_out)))}  # the first student stage at a resolution
     pairs = {i: by_res[o[1:]] for i, o in enumerate(t_out) if o[1:] in by_res}
     if not pairs:
@@ -64,9 +67,9 @@ def stage_pairs(teacher: nn.Module, student: nn.Module, channels: int, size: int
 def plan(teacher: nn.Module, student: nn.Module, stages, channels: int, size: int) -> list[dict]:
     """For each adapted teacher stage: the adapter's input channels, output shape and stride, and the
     student stage of the same resolution (see ``stage_pairs``); a clear error otherwise."""
-    pairs = stage_pairs(teacher, student, channels, size)
     t_in, t_out = stage_shapes(teacher, channels, size)
     _, s_out = stage_shapes(student, channels, size)
+    pairs = _pairs(t_out, s_out, size)
     if not stages:
         raise UserError("adapt.stages is empty; list at least one teacher stage, e.g. [1]")
     specs = []
