@@ -182,7 +182,11 @@ class Config:
     android: AndroidConfig = field(default_factory=AndroidConfig)
 
     def section(self, name: str):
-        return getattr(self, name)
+        """A section ("student") or one field of it ("student.arch")."""
+        value = self
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

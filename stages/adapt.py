@@ -6,7 +6,8 @@ import copy
 from pathlib import Path
 
 NAME = "adapt"
-SECTIONS = ("seed", "device", "data", "teacher", "student", "adapt")
+# of the student only what shapes the module: its training budget does not, so changing it keeps the module
+SECTIONS = ("seed", "device", "data", "teacher", "student.arch", "student.width", "adapt")
 UPSTREAM = ("teacher",)
 
 

@@ -115,3 +115,17 @@ def test_distill_depends_on_adapt_only_for_methods_that_need_it(tmp_path):
         prints = {runner_mod.Runner(c, RunDir(tmp_path / "run"), Console(quiet=True)).fingerprint("distill", m)
                   for c in cfgs for m in (fake, changed)}
         assert (len(prints) > 1) == depends, method
+
+
+def test_the_students_budget_does_not_retrain_the_module_but_its_shape_does(tmp_path):
+    manifest = {"stages": {"teacher": {"outputs": [{"sha256": "t"}]}}}
+
+    def adapt_print(*sets):
+        cfg = config.load("smoke", list(sets))
+        return runner_mod.Runner(cfg, RunDir(tmp_path / "run"), Console(quiet=True)).fingerprint("adapt", manifest)
+
+    base = adapt_print()
+    assert adapt_print("student.epochs=7", "student.lr=0.01", "student.batch_size=32") == base
+    assert adapt_print("student.width=0.5") != base
+    assert adapt_print("student.arch=resnet20") != base
+    assert adapt_print("adapt.lr=0.01") != base
