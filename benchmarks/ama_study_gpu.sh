@@ -4,9 +4,11 @@
 # so a call stopped at its limit still returns what finished. Table them with
 #   benchmarks/ama_study.py --root <unpacked>/default -c default --report-only   (and -c study).
 # Fashion-MNIST must be in data/fashion-mnist (copy /usr/share/datasets/fashion-mnist/*.gz there).
+# EPOCHS=N trains every student for N epochs instead of the configs' 4 (a longer schedule; keep ROOT apart).
 set -u
 OUT=${OUT:-/tmp/ama_study_out}; ROOT=${ROOT:-/tmp/ama_study}; BUDGET=${BUDGET:-330}; JOBS=${JOBS:-7}
 PY=${PY:-python3}
+LONG=(); [ -n "${EPOCHS:-}" ] && LONG=(--set "student.epochs=$EPOCHS")
 mkdir -p "$OUT" "$ROOT"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 nvidia-smi -L
@@ -23,9 +25,9 @@ snap() {
   mv "$OUT/t.tgz" "$OUT/study.tgz"
 }
 (while sleep 20; do snap; done) & SNAP=$!
-$PY benchmarks/ama_study.py --root "$ROOT/default" -c default --jobs "$JOBS" --budget-s "$BUDGET" \
+$PY benchmarks/ama_study.py --root "$ROOT/default" -c default --jobs "$JOBS" --budget-s "$BUDGET" "${LONG[@]}" \
   > "$ROOT/default.log" 2>&1 & A=$!
-$PY benchmarks/ama_study.py --root "$ROOT/study" -c study --jobs "$JOBS" --budget-s "$BUDGET" \
+$PY benchmarks/ama_study.py --root "$ROOT/study" -c study --jobs "$JOBS" --budget-s "$BUDGET" "${LONG[@]}" \
   > "$ROOT/study.log" 2>&1 & B=$!
 wait $A $B
 kill $SNAP; snap
