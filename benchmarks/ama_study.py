@@ -36,6 +36,8 @@ GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("adapt.stages=[0]",), (f"ama({ORIG})",)),
     (("adapt.stages=[2]",), (f"ama({ORIG})",)),
     (("adapt.stages=[1,2]",), (f"ama({ORIG})",)),
+    ((), (f"ama({ORIG},hint_weight=1.0)",)),  # 13-14: the hint weight past 0.5, under the stronger teacher
+    ((), (f"ama({ORIG},hint_weight=2.0)",)),
 ]
 
 
