@@ -22,6 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DEFAULT = "ama(kd_target=original)"
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def row(spec: str) -> dict:
     from scipy import stats
 
@@ -30,8 +35,13 @@ def row(spec: str) -> dict:
     label, _, rest = spec.partition("=")
     path, _, method = rest.partition(".json:")
     path = path if path.endswith(".json") else path + ".json"
+    if not Path(path).is_file():
+        fail(f"{path}: no such file; give LABEL=ROOT/compare/compare.json[:METHOD]")
     runs = json.loads(Path(path).read_text())["runs"]
     method = method or DEFAULT
+    for name in (method, "kd"):
+        if not runs.get(name):
+            fail(f"{path}: no runs of '{name}' (it has {', '.join(runs)})")
     p = compare.paired(runs[method], runs["kd"])
     diffs = [100 * d for d in p["diffs"]]
     mean = statistics.fmean(diffs)
