@@ -43,11 +43,13 @@ def row(spec: str) -> dict:
         if not runs.get(name):
             fail(f"{path}: no runs of '{name}' (it has {', '.join(runs)})")
     p = compare.paired(runs[method], runs["kd"])
+    if len(p["diffs"]) < 2:
+        fail(f"{path}: '{method}' and kd share {len(p['diffs'])} seed(s); an interval needs at least 2")
     diffs = [100 * d for d in p["diffs"]]
     mean = statistics.fmean(diffs)
     half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
     return {"label": label, "method": method, "diffs": diffs, "mean": mean, "ci": (mean - half, mean + half),
-            "p": p["paired_p"]}
+            "p": "-" if p["paired_p"] is None else f"{p['paired_p']:.3f}"}
 
 
 def main() -> None:
@@ -58,7 +60,7 @@ def main() -> None:
     rows = [row(s) for s in args.settings]
     for r in rows:
         print(f"{r['label']}: {r['method']} - kd = {r['mean']:+.2f} pts "
-              f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}], paired p = {r['p']:.3f}; "
+              f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}], paired p = {r['p']}; "
               f"per seed {' / '.join(f'{d:+.2f}' for d in r['diffs'])}")
 
     import matplotlib
@@ -70,7 +72,7 @@ def main() -> None:
         ax.scatter(r["diffs"], [y] * len(r["diffs"]), s=14, color="0.55", zorder=2)
         ax.errorbar(r["mean"], y, xerr=[[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]], fmt="o",
                     color="C0", capsize=3, zorder=3)
-        ax.text(1.01, y, f"{r['mean']:+.2f} (p={r['p']:.2f})", transform=ax.get_yaxis_transform(), va="center",
+        ax.text(1.01, y, f"{r['mean']:+.2f} (p={r['p']})", transform=ax.get_yaxis_transform(), va="center",
                 fontsize=8)
     ax.axvline(0, color="k", lw=0.8, ls="--")
     ax.set_yticks(range(len(rows)), [f"{r['label']} (n={len(r['diffs'])})" for r in reversed(rows)], fontsize=8)

@@ -53,7 +53,8 @@ def main() -> None:
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     if cores < 2:
-        sys.exit("needs at least 2 cores")
+        print("error: needs at least 2 cores (one to keep busy, one to train on)", file=sys.stderr)
+        sys.exit(2)
     print(f"{cores} cores, torch {torch.__version__}, {args.arch}, batch 128, fp32")
     rows = []
     for load in ("idle", "one core busy"):
