@@ -211,6 +211,9 @@ def main() -> None:
     ap.add_argument("--seeds-from", type=int, default=0,
                     help="also table the runs of seeds K and later on their own (ROOT/all/compare/seeds_from_K.md)")
     args = ap.parse_args()
+    bad = [k for k in args.only or () if not 0 <= k < len(GROUPS)]
+    if bad:
+        ap.exit(2, f"error: no group {bad[0]}; groups are 0-{len(GROUPS) - 1} (GROUPS in {Path(__file__).name})\n")
     sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # one thread per process unless told
