@@ -1,5 +1,6 @@
 """Training and evaluation: SGD with a one-cycle or cosine schedule, bf16 autocast + channels_last on CPUs
-that have bf16, CUDA AMP on GPUs, per-epoch checkpoints that a rerun resumes from, and DDP under torchrun.
+that compute bf16 in hardware, CUDA AMP on GPUs, per-epoch checkpoints that a rerun resumes from, and DDP under
+torchrun.
 
 A training *task* is any nn.Module whose ``forward(x, y)`` returns ``(loss, logits)``; ``Classifier`` is the
 plain one, distillers are others. The engine does not care which.
@@ -87,21 +88,31 @@ def pick_device(name: str, d: Dist | None = None) -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX-512 BF16 or AMX). oneDNN accepts bf16 on any
+    AVX-512 CPU, but without these instructions it converts in software and trains slower than fp32
+    (benchmarks/results/precision.md)."""
     try:
-        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes: do not guess
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def has_depthwise(model: nn.Module | None) -> bool:
+    """Whether ``model`` has grouped (depthwise) convolutions, as MobileNets and EfficientNets do."""
+    return model is not None and any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+
+
+def resolve_precision(precision: str, device: torch.device, model: nn.Module | None = None) -> str:
+    """The precision ``auto`` stands for: AMP on GPUs; on CPUs bf16 only where the hardware has it and the net
+    has no depthwise convolutions (bf16 autocast halved MobileNetV3's training speed on an AMX Xeon,
+    ../shared/TOOLCHAIN.md), otherwise fp32."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UserError(f"unknown precision '{precision}'; use auto, fp32, bf16 or fp16")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if cpu_has_bf16() and not has_depthwise(model) else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -205,7 +216,7 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     """
     d = init_distributed()
     device = pick_device(device_name, d)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, model)
     torch.manual_seed(seed)
     task.to(device)
     if cfg.channels_last:

@@ -54,7 +54,7 @@ def run(ctx) -> list[Path]:
     task.setup(train_ds, device, augment="none", channels_last=tcfg.channels_last)
     result = fit(task, adapted, train_ds, tcfg, ctx.dir, seed=cfg.seed, fingerprint=ctx.fingerprint,
                  console=ctx.console, augment="none", device_name=cfg.device, label="adapt")
-    precision = resolve_precision(tcfg.precision, device)
+    precision = resolve_precision(tcfg.precision, device, teacher)
     held_out = {"batch_size": tcfg.eval_batch_size, "device": device, "precision": precision,
                 "channels_last": tcfg.channels_last}
     original = {split: evaluate(teacher.to(device), ds, split, **held_out) for split in ("val", "test")}

@@ -46,7 +46,7 @@ def _as_given(ctx, model, ds) -> list[Path]:
     tcfg = ctx.cfg.teacher
     device = pick_device(ctx.cfg.device)
     test = accuracy(predict(model.eval().to(device), ds.test_x, ds, batch_size=tcfg.eval_batch_size, device=device,
-                            precision=resolve_precision(tcfg.precision, device), channels_last=tcfg.channels_last),
+                            precision=resolve_precision(tcfg.precision, device, model), channels_last=tcfg.channels_last),
                     ds.test_y)
     ckpt = models.save_checkpoint(ctx.dir / "model.pt", model, tcfg.arch, tcfg.width, ds.meta(),
                                   test_top1=test["top1"], weights=tcfg.weights)

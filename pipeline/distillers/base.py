@@ -98,7 +98,7 @@ class Distiller(nn.Module):
         them once for the whole training set. Returns the seconds spent caching."""
         import time
 
-        self.teacher_precision = resolve_precision("auto", device)  # bf16 on CPUs that have it, AMP on GPUs
+        self.teacher_precision = resolve_precision("auto", device, self.teacher)  # bf16 where it is faster
         fixed = self.cacheable and getattr(self.dcfg, "cache", True)
         if self.teacher is None or not fixed or augment != "none":
             return 0.0

@@ -59,7 +59,7 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
     result = fit(task, student, ds, cfg.student, out_dir, seed=seed, fingerprint=fingerprint, console=console,
                  augment=cfg.distill.augment, device_name=cfg.device, label=label)
     hist = result.history
-    precision = resolve_precision(cfg.student.precision, device)
+    precision = resolve_precision(cfg.student.precision, device, student)
     # Every method's training loss differs (KD, hints), so the comparable figure is the student's plain
     # cross-entropy on the training set after training, the same measure for every method.
     train = accuracy(predict(student, ds.train_x, ds, batch_size=cfg.student.eval_batch_size, device=device,

@@ -1,0 +1,40 @@
+"""precision: auto picks bf16 on a CPU only where the hardware computes it and the net has no depthwise convs."""
+import pytest
+import torch
+
+from pipeline import engine, models
+from pipeline.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+def _cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, "fp32"), (True, False, "bf16"),
+                                                      (False, True, "bf16")])
+def test_auto_needs_bf16_in_hardware(monkeypatch, avx512_bf16, amx, expected):
+    _cpu(monkeypatch, avx512_bf16, amx)
+    assert engine.resolve_precision("auto", CPU, models.create("resnet8", 1, 10)) == expected
+
+
+def test_auto_keeps_depthwise_nets_in_fp32(monkeypatch):
+    _cpu(monkeypatch, True, True)
+    assert engine.has_depthwise(models.create("mobilenetv2", 1, 10))
+    assert not engine.has_depthwise(models.create("resnet8", 1, 10))
+    assert engine.resolve_precision("auto", CPU, models.create("mobilenetv2", 1, 10)) == "fp32"
+    assert engine.resolve_precision("auto", CPU) == "bf16"  # no model given: the hardware decides
+
+
+def test_explicit_precision_is_kept(monkeypatch):
+    _cpu(monkeypatch, False, False)
+    assert engine.resolve_precision("bf16", CPU, models.create("mobilenetv2", 1, 10)) == "bf16"
+    with pytest.raises(UserError, match="unknown precision"):
+        engine.resolve_precision("int4", CPU)
+
+
+def test_missing_probes_mean_fp32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert engine.resolve_precision("auto", CPU, models.create("resnet8", 1, 10)) == "fp32"
