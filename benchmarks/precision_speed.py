@@ -9,7 +9,6 @@ resolves to for that net on this machine. The CPU's bf16 instructions are listed
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -18,23 +17,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_throughput import bare_loop  # noqa: E402
 
+from deploy.runner import cpu_name  # noqa: E402
 from pipeline import data, engine, models  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
 
 
 def cpu_line() -> str:
-    name, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16 = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
-    avx512 = "AVX-512" if "avx512f" in flags else "no AVX-512"
-    return f"{name}, {avx512}, bf16 instructions: {', '.join(bf16) or 'none'}"
+    bf16 = [name for name, probe in (("AVX-512 BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+            if getattr(torch.cpu, probe, lambda: False)()]
+    return f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, bf16 hardware: {', '.join(bf16) or 'none'}"
 
 
 def main() -> None:
@@ -44,7 +36,12 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["resnet8", "resnet20", "mobilenetv2"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ds = data.load(DataConfig(dataset="fashion_mnist", download=False))
+    try:
+        for arch in args.archs:
+            models.check_arch(arch)
+        ds = data.load(DataConfig(dataset="fashion_mnist", download=False))
+    except UserError as e:
+        parser.exit(2, f"error: {e}\n")
     n = 128 * args.steps
     x, y = ds.normalize(ds.train_x[:n]), ds.train_y[:n]
     print(f"# Training images/s by precision, batch 128, 28x28x1, {args.threads} threads, {args.steps} steps")
