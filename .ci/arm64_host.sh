@@ -18,5 +18,16 @@ apt-get install -y -qq -t bookworm-backports qemu-user-static >/dev/null 2>&1 ||
 [ -e /proc/sys/fs/binfmt_misc/status ] || mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc \
   || echo "arm64 host setup: binfmt_misc cannot be mounted here"
 # re-register so the kernel holds the qemu just installed (binfmt's F flag opens the file at registration)
-update-binfmts --disable qemu-aarch64 >/dev/null 2>&1; update-binfmts --enable qemu-aarch64 || true
+update-binfmts --disable qemu-aarch64 >/dev/null 2>&1
+if ! update-binfmts --enable qemu-aarch64 2>/dev/null; then
+  # qemu 10 (qemu-user-binfmt) ships its registration for systemd-binfmt only; without systemd, write it ourselves
+  conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && echo -1 > /proc/sys/fs/binfmt_misc/qemu-aarch64
+  if [ -r "$conf" ] && [ -w /proc/sys/fs/binfmt_misc/register ]; then
+    grep -v '^#' "$conf" | head -1 > /proc/sys/fs/binfmt_misc/register \
+      || echo "arm64 host setup: could not register qemu-aarch64 from $conf"
+  else
+    echo "arm64 host setup: qemu-aarch64 is not registered (no $conf or no binfmt_misc)"
+  fi
+fi
 echo "arm64 host setup: $(qemu-aarch64-static --version 2>/dev/null | head -1)"
