@@ -135,6 +135,16 @@ class AdaptedTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_hints(x)[0]
 
+    def route(self, stage: int, student_map: torch.Tensor) -> torch.Tensor:
+        """Logits of the rest of the adapted teacher run on a student-shaped map put in place of adapted stage
+        ``stage``'s: its projection, the later stages, the head. Given the module's own hint it gives
+        ``forward``'s logits; given the student's map it tells the student what the teacher makes of it."""
+        h = self.adapters[str(stage)].proj(student_map)
+        for i in range(stage + 1, len(self.teacher.stages)):
+            adapter = self.adapters[str(i)] if str(i) in self.adapters else None
+            h = self.teacher.stages[i](h) if adapter is None else adapter.proj(adapter.body(h))
+        return self.teacher.head(h)
+
     def adapter_state(self) -> dict:
         """What adapt/adapted.pt holds: plain tensors and lists, loadable with weights_only=True."""
         return {"stages": self.stages, "specs": [{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}

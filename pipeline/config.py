@@ -117,6 +117,7 @@ class DistillConfig:
     hint_loss: str = check("mse", choices=("mse", "smooth_l1"))
     kd_target: str = check("original", choices=("adapted", "original"))  # ama: soft targets from which teacher
     joint: bool = False
+    route_weight: float = check(0.0, ge=0.0)  # ama: KL through the rest of the teacher run on the student's map
     baseline: bool = True
     augment: str = check("none", choices=AUGMENT)
     cache: bool = True

@@ -7,6 +7,7 @@ from torch import nn
 
 from pipeline import adaptive, config, data, distillers, models
 from pipeline.config import DistillConfig
+from pipeline.distillers import losses
 from pipeline.distillers.base import TargetCache
 from pipeline.errors import UserError
 
@@ -169,3 +170,58 @@ def test_ama_kd_target_picks_whose_logits_the_kl_follows(joint):
     assert torch.allclose(seen["original"]["hint1"], seen["adapted"]["hint1"])  # hints always from the module
     with pytest.raises(UserError, match="'distill.kd_target' = 'teacher' is not allowed"):
         config.load("smoke", ["distill.kd_target=teacher"])
+
+
+def _calibrate(adapted, x):
+    """BatchNorm statistics of one batch, so an untrained teacher and module keep their maps' scale."""
+    for m in adapted.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.train()
+    with torch.no_grad():
+        adapted.forward_hints(x)
+    adapted.eval()
+
+
+@pytest.mark.parametrize("stages", [[0], [1], [1, 2], [0, 2]])
+def test_route_of_the_modules_own_map_gives_the_adapted_teachers_logits(stages):
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", 1, 3, width=0.5).eval()
+    student = models.create("resnet8", 1, 3, width=0.25)
+    adapted = adaptive.build(teacher, student, stages, 1, SIZE)
+    x = torch.randn(4, 1, SIZE, SIZE)
+    _calibrate(adapted, x)
+    with torch.no_grad():
+        logits, hints = adapted.forward_hints(x)
+        for i in stages:
+            assert torch.allclose(adapted.route(i, hints[i]), logits, atol=1e-5), i
+            assert torch.allclose(adapted.route(i, hints[i].flip(0)), logits.flip(0), atol=1e-5), i  # per image
+            assert not torch.allclose(adapted.route(i, torch.zeros_like(hints[i])), logits, atol=1e-2), i
+
+
+def test_route_weight_adds_the_kl_of_the_teacher_run_on_the_students_map():
+    ds = _dataset()
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", 1, 3, width=0.5).eval()
+    student = models.create("resnet8", 1, 3, width=0.25)
+    adapted = adaptive.build(teacher, student, [1], 1, SIZE)
+    x, y = ds.normalize(ds.train_x[:8]), ds.train_y[:8]
+    _calibrate(adapted, x)
+    grads, totals = {}, {}
+    for weight in (0.0, 0.5):
+        task = distillers.create("ama", student, adapted, DistillConfig(route_weight=weight), [1], (1, SIZE))
+        task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
+        task.teacher_precision = "fp32"
+        task.train()
+        student.zero_grad()
+        loss, _ = task(x, y)
+        loss.backward()
+        assert all(p.grad is None for p in adapted.parameters())  # the teacher and the fixed module stay put
+        totals[weight], grads[weight] = loss.item(), next(student.parameters()).grad.clone()
+    student.train()
+    with torch.no_grad():
+        _, maps = student.forward_maps(x)
+        soft = teacher(x)  # kd_target: original
+        expected = 0.5 * losses.kd_loss(adapted.route(1, maps[1]), soft, 4.0).item()
+    assert totals[0.5] - totals[0.0] == pytest.approx(expected, rel=1e-3)
+    assert expected > 1e-3 and not torch.allclose(grads[0.0], grads[0.5])

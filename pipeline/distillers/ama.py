@@ -9,6 +9,14 @@ With ``distill.joint`` the module keeps adapting while the student trains: it is
 cross-entropy through the rest of the frozen teacher, and the hint loss pulls module and student toward each
 other, so the supervisory map drifts toward what the student can represent. Its targets then change every
 step, so nothing is cached.
+
+``distill.route_weight`` adds a second way for the module to supervise: the student's map, put in place of the
+module's output, runs through the module's projection and the rest of the frozen teacher, and the logits that
+come out are pulled (T^2 KL) toward the soft targets. The module speaks the student's shape, so the teacher's
+own later layers can judge the student's map directly, where an MSE hint weighs every element alike. This is
+our extension, not the paper's: the same idea as feeding student features to the teacher's classifier (Yang et
+al., 2021, "softmax regression representation learning"). The rest of the teacher then runs forward and
+backward every step (no gradients to its weights), so it costs more per epoch; the targets stay cacheable.
 """
 from __future__ import annotations
 
@@ -58,4 +66,7 @@ class ActivationMapAdaptation(Distiller):
             d.kd_weight * losses.kd_loss(logits, targets["logits"], d.temperature)
         for i, j in self.teacher.student_stages.items():  # teacher stage -> student stage of its resolution
             total = total + d.hint_weight * losses.hint_loss(maps[j], targets[f"hint{i}"], d.hint_loss)
+            if d.route_weight:
+                routed = self.teacher.route(i, maps[j])
+                total = total + d.route_weight * losses.kd_loss(routed, targets["logits"], d.temperature)
         return total, logits
