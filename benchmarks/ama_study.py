@@ -38,9 +38,8 @@ GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("adapt.stages=[1,2]",), (f"ama({ORIG})",)),
     ((), (f"ama({ORIG},hint_weight=1.0)",)),  # 13-14: the hint weight past 0.5, under the stronger teacher
     ((), (f"ama({ORIG},hint_weight=2.0)",)),
-    # 15: the student's map routed through the rest of the teacher (distill.route_weight), with its own KD row
-    # so a new root needs only groups 0 and 15; where group 1 ran too, both kd rows are the same runs
-    ((), ("kd", f"ama({ORIG},route_weight=1.0)")),
+    ((), (f"ama({ORIG},route_weight=1.0)",)),  # 15: the student's map routed through the rest of the teacher
+    ((), ("student", "kd")),  # 16: the two baselines alone, for a new root that tables one reading against them
 ]
 
 
@@ -140,7 +139,7 @@ def gather(args) -> None:
             if (src / compare.folder_name(e)).exists():
                 shutil.copytree(src / compare.folder_name(e), all_dir / "compare" / compare.folder_name(e),
                                 dirs_exist_ok=True)
-    base_rows = dict.fromkeys(e for a, es in GROUPS if not a for e in es if e != "student")  # kd is in two groups
+    base_rows = dict.fromkeys(e for a, es in GROUPS if not a for e in es if e != "student")  # kd: groups 1 and 16
     tables = [((), ["student", *base_rows], all_dir)]
     for k, (adapt, entries) in enumerate(GROUPS):
         if adapt and (args.root / f"g{k}" / "compare").exists():
