@@ -121,16 +121,22 @@ class AdaptedTeacher(nn.Module):
         the teacher (what its own stage would have output), which the adapt stage matches."""
         h = self.teacher.stem(x)
         hints = {}
-        for i, stage in enumerate(self.teacher.stages):
-            adapter = self.adapters[str(i)] if str(i) in self.adapters else None
-            if adapter is None:
-                h = stage(h)
-            else:
-                hints[i] = adapter.body(h)
-                h = adapter.proj(hints[i])
-                if projections is not None:
-                    projections[i] = h
+        for i in range(len(self.teacher.stages)):
+            h = self._stage(i, h, hints, projections)
         return self.teacher.head(h), hints
+
+    def _stage(self, i: int, h: torch.Tensor, hints: dict | None = None, projections: dict | None = None):
+        """Teacher stage ``i``, or its adapter (body, then projection) where one replaces it."""
+        adapter = self.adapters[str(i)] if str(i) in self.adapters else None
+        if adapter is None:
+            return self.teacher.stages[i](h)
+        hint = adapter.body(h)
+        out = adapter.proj(hint)
+        if hints is not None:
+            hints[i] = hint
+        if projections is not None:
+            projections[i] = out
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_hints(x)[0]
@@ -141,8 +147,7 @@ class AdaptedTeacher(nn.Module):
         ``forward``'s logits; given the student's map it tells the student what the teacher makes of it."""
         h = self.adapters[str(stage)].proj(student_map)
         for i in range(stage + 1, len(self.teacher.stages)):
-            adapter = self.adapters[str(i)] if str(i) in self.adapters else None
-            h = self.teacher.stages[i](h) if adapter is None else adapter.proj(adapter.body(h))
+            h = self._stage(i, h)
         return self.teacher.head(h)
 
     def adapter_state(self) -> dict:
