@@ -40,6 +40,10 @@ GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     ((), (f"ama({ORIG},hint_weight=2.0)",)),
     ((), (f"ama({ORIG},route_weight=1.0)",)),  # 15: the student's map routed through the rest of the teacher
     ((), ("student", "kd")),  # 16: the two baselines alone, for a new root that tables one reading against them
+    ((), (f"ama({ORIG},route_weight=0.5)",)),  # 17-20: the routed reading's weight, and the route without hints
+    ((), (f"ama({ORIG},route_weight=2.0)",)),
+    ((), (f"ama({ORIG},route_weight=1.0,hint_weight=0.0)",)),
+    ((), (f"ama({ORIG},route_weight=4.0)",)),
 ]
 
 

@@ -244,26 +244,42 @@ def to_markdown(summary: dict, cfg) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bar_label(row: dict) -> str:
+    """The figure beside a method's bar: mean ± std and the number of seeds, flagged where one seed has no spread."""
+    spread = "1 seed, no spread" if row["runs"] == 1 else f"n={row['runs']}"
+    return f"{_pct(row['test_top1'], None if row['runs'] == 1 else row['test_top1_std'])}  ({spread})"
+
+
 def plots(results: dict[str, list[dict]], summary: dict, out: Path) -> list[Path]:
     from pipeline.plots import _pyplot
     from pipeline.store import atomic_path
 
     plt = _pyplot()
-    fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(summary)
-    ax_bar.bar(names, [100 * summary[m]["test_top1"] for m in names],
-               yerr=[100 * summary[m]["test_top1_std"] for m in names], capsize=4, color="tab:blue")
-    lo = min(100 * (summary[m]["test_top1"] - summary[m]["test_top1_std"]) for m in names)
-    ax_bar.set(ylim=(max(0, lo - 2), None), ylabel="test accuracy (%)", title="test accuracy, mean ± std")
-    ax_bar.tick_params(axis="x", labelrotation=20)
+    fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(12, max(3.5, 0.5 * len(names) + 1.8)),
+                                           gridspec_kw={"width_ratios": [1.2, 1]})
+    ys = range(len(names))[::-1]  # first method on top, as in the table
+    accs = [100 * summary[m]["test_top1"] for m in names]
+    stds = [100 * (summary[m]["test_top1_std"] or 0) for m in names]
+    one = [summary[m]["runs"] == 1 for m in names]
+    ax_bar.barh(ys, accs, xerr=stds, capsize=3, color=["0.8" if o else "tab:blue" for o in one],
+                edgecolor=["0.4" if o else "tab:blue" for o in one])
+    for y, acc, std, m in zip(ys, accs, stds, names):
+        ax_bar.text(acc + std + 0.05, y, bar_label(summary[m]), va="center", fontsize=8)
+    # long method names (ama(kd_target=...,...)) break after the opening parenthesis and each comma
+    labels = [m.replace("(", "(\n", 1).replace(",", ",\n") if len(m) > 24 else m for m in names]
+    ax_bar.set_yticks(list(ys), labels, fontsize=8)
+    lo, hi = min(a - s for a, s in zip(accs, stds)), max(a + s for a, s in zip(accs, stds))
+    ax_bar.set(xlim=(max(0, lo - 1), hi + 0.35 * (hi - lo + 2)), xlabel="test accuracy (%)",
+               title="test accuracy, mean ± std over seeds (grey: one seed)")
     for m, rs in results.items():
         if not rs or "val_top1" not in rs[0]["history"][0]:
             continue
         epochs = [h["epoch"] for h in rs[0]["history"]]
         mean = [100 * statistics.fmean(r["history"][i]["val_top1"] for r in rs) for i in range(len(epochs))]
-        ax_curve.plot(epochs, mean, marker="o", label=m)
+        ax_curve.plot(epochs, mean, marker="o", ls="--" if len(rs) == 1 else "-", label=f"{m} (n={len(rs)})")
     ax_curve.set(xlabel="epoch", ylabel="validation accuracy (%)", title="mean validation accuracy per epoch")
-    ax_curve.legend()
+    ax_curve.legend(fontsize=7)
     for ax in (ax_bar, ax_curve):
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -37,6 +37,19 @@ def test_pairs_only_the_seeds_both_have_and_kd_is_a_reference():
     assert "seeds 0, 1, 2." in md  # the seeds with results, whatever compare.seeds says
 
 
+def test_plot_marks_a_one_seed_method_and_draws_every_method(tmp_path):
+    runs = {"student": _runs([0.90, 0.91, 0.92]), "kd": _runs([0.915]),
+            "ama(kd_target=original,route_weight=1.0)": _runs([0.92, 0.93, 0.925])}
+    for rs in runs.values():
+        for r in rs:
+            r["history"] = [{"epoch": 1, "val_top1": 0.8}, {"epoch": 2, "val_top1": r["val_top1"]}]
+    s = compare.summarize(runs, 0.9)
+    assert compare.bar_label(s["kd"]) == "91.50  (1 seed, no spread)"
+    assert compare.bar_label(s["student"]) == "91.00 ± 1.00  (n=3)"
+    (path,) = compare.plots(runs, s, tmp_path)
+    assert path.stat().st_size > 1000
+
+
 def test_method_entries_carry_distill_overrides():
     assert compare.parse_entry("ama(kd_target=original, hint_weight=0.3)") == \
         ("ama", {"kd_target": "original", "hint_weight": 0.3})
