@@ -24,7 +24,7 @@ from torch import nn
 from pipeline import data as data_mod
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
-from pipeline.store import atomic_path, atomic_write
+from pipeline.store import atomic_write, save_torch
 
 
 class Classifier(nn.Module):
@@ -249,8 +249,7 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
             _save_state(out_dir, task, opt, sched, result, fingerprint, epoch, precision)
             if row.get("val_top1", 1.0) > best:  # without a validation split, best.pt is the last epoch
                 best = row.get("val_top1", -1.0)
-                with atomic_path(out_dir / "best.pt") as tmp:
-                    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+                save_torch({k: v.cpu() for k, v in model.state_dict().items()}, out_dir / "best.pt")
     result.test = evaluate(model, ds, "test", **held_out)
     if d.world > 1:
         dist.barrier()
@@ -301,8 +300,7 @@ def _save_state(out_dir, task, opt, sched, result, fingerprint, epoch, precision
     state = {"fingerprint": fingerprint, "epoch": epoch, "task": task.state_dict(), "opt": opt.state_dict(),
              "sched": sched.state_dict(), "history": result.history, "precision": precision,
              "rng": torch.get_rng_state()}
-    with atomic_path(out_dir / "last.pt") as tmp:
-        torch.save(state, tmp)
+    save_torch(state, out_dir / "last.pt")
     atomic_write(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
 
 

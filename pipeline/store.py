@@ -88,6 +88,20 @@ def atomic_path(path: Path):
         raise
 
 
+def save_torch(obj, path: Path) -> Path:
+    """torch.save ``obj`` to ``path`` atomically, the same object always as the same bytes.
+
+    torch.save names the zip archive inside after the file it writes, here a temp name with the process id, so
+    two saves of identical weights differed in their sha256 and everything downstream counted as changed.
+    Through a file object the archive is always named "archive".
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+    return Path(path)
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -38,7 +38,7 @@ def run(ctx) -> list[Path]:
     from pipeline.distillers.adapter import AdaptTask
     from pipeline.distillers.train import load_teacher
     from pipeline.engine import evaluate, fit, init_distributed, pick_device, resolve_precision
-    from pipeline.store import atomic_path
+    from pipeline.store import save_torch
 
     cfg = ctx.cfg
     models.check_arch(cfg.student.arch)
@@ -61,8 +61,7 @@ def run(ctx) -> list[Path]:
     state = {**adapted.adapter_state(), "teacher_arch": cfg.teacher.arch, "student_arch": cfg.student.arch,
              "student_width": cfg.student.width}
     out = ctx.dir / "adapted.pt"
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, out)
     ctx.metrics.update(stages=adapted.stages, teacher_top1=original["test"]["test_top1"],
                        teacher_val_top1=original["val"].get("val_top1"),
                        adapted_teacher_top1=result.test["test_top1"], adapted_test_loss=result.test["test_loss"],

@@ -60,3 +60,14 @@ def test_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
     torch.save(other, tmp_path / "o.pt")
     with pytest.raises(UserError, match="does not fit a mobilenetv2"):
         models.load_model(tmp_path / "o.pt")
+
+
+def test_the_same_weights_save_as_the_same_bytes_whatever_the_file_name(tmp_path):
+    # downstream fingerprints hash these files: a stage retrained to identical weights must not look changed
+    meta = {"channels": 1, "classes": ["a", "b"], "size": 16, "mean": [0.5], "std": [0.25]}
+    torch.manual_seed(0)
+    model = models.create("resnet8", 1, 2)
+    a = models.save_checkpoint(tmp_path / "model.pt", model, "resnet8", 1.0, meta)
+    b = models.save_checkpoint(tmp_path / "other" / "adapted.pt", model, "resnet8", 1.0, meta)
+    assert a.read_bytes() == b.read_bytes()
+    models.load_model(b, expect_arch="resnet8")

@@ -50,14 +50,12 @@ def create_from(name: str, in_channels: int, num_classes: int, width: float = 1.
 
 def save_checkpoint(path: Path, model: nn.Module, arch: str, width: float, meta: dict, **extra) -> Path:
     """Weights plus everything needed to rebuild the model and its input pipeline, atomically."""
-    from pipeline.store import atomic_path
+    from pipeline.store import save_torch
 
     payload = {"arch": arch, "width": width, "in_channels": meta["channels"], "num_classes": len(meta["classes"]),
                "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                "meta": meta, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return save_torch(payload, path)
 
 
 def read_checkpoint(path: Path) -> dict:
