@@ -50,6 +50,15 @@ def test_plot_marks_a_one_seed_method_and_draws_every_method(tmp_path):
     assert path.stat().st_size > 1000
 
 
+def test_table_gives_one_seed_no_spread_and_picks_the_best_reading_among_equal_seed_counts():
+    s = compare.summarize({"student": _runs([0.90, 0.91, 0.92]), "ama": _runs([0.915, 0.925, 0.935]),
+                           "ama(hint_weight=0.5)": _runs([0.95])}, 0.9)  # one lucky seed, above ama's mean
+    md = compare.to_markdown(s, config.load("smoke"))
+    row = next(line for line in md.splitlines() if line.startswith("| ama(hint_weight=0.5) |"))
+    assert "| 95.00 |" in row and "±" not in row
+    assert "among the ama readings with 3 seed(s): **ama** (92.40%)" in md
+
+
 def test_method_entries_carry_distill_overrides():
     assert compare.parse_entry("ama(kd_target=original, hint_weight=0.3)") == \
         ("ama", {"kd_target": "original", "hint_weight": 0.3})
