@@ -92,7 +92,7 @@ def save_torch(obj, path: Path) -> Path:
     """torch.save ``obj`` to ``path`` atomically, the same object always as the same bytes.
 
     torch.save names the zip archive inside after the file it writes, here a temp name with the process id, so
-    two saves of identical weights differed in their sha256 and everything downstream counted as changed.
+    two saves of identical weights differed in their sha256, and so did every fingerprint that hashes the file.
     Through a file object the archive is always named "archive".
     """
     import torch
