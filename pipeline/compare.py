@@ -134,10 +134,11 @@ def train_all(cfg, run_dir, console, methods: list[str], train: bool = True) -> 
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std; one value has no spread (None, not 0), so tables and plots show none."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def _p(value: float) -> float | None:
@@ -219,9 +220,8 @@ def to_markdown(summary: dict, cfg) -> str:
     for m, r in summary.items():
         ep = "not reached" if r["epochs_to_target"] is None else \
             f"{r['epochs_to_target']:.1f} ({r['reached_target']}/{r['runs']})"
-        one = r["runs"] == 1  # one seed has no spread: no "± 0.00"
-        lines.append(f"| {m} | {r['runs']} | {_pct(r['val_top1'], None if one else r['val_top1_std'])} | "
-                     f"{_pct(r['test_top1'], None if one else r['test_top1_std'])} | {100 * r['delta_top1']:+.2f} | "
+        lines.append(f"| {m} | {r['runs']} | {_pct(r['val_top1'], r['val_top1_std'])} | "
+                     f"{_pct(r['test_top1'], r['test_top1_std'])} | {100 * r['delta_top1']:+.2f} | "
                      f"{_pv(r['paired_p'])} | {_pv(r['p_value'])} | {r['final_train_loss']:.4f} | "
                      f"{100 * r['loss_change']:+.1f}% | {ep} | {r['seconds_per_epoch']:.1f} | "
                      f"{r['epoch_cost']:.2f}x |")
@@ -249,7 +249,7 @@ def to_markdown(summary: dict, cfg) -> str:
 def bar_label(row: dict) -> str:
     """The figure beside a method's bar: mean ± std and the number of seeds, flagged where one seed has no spread."""
     spread = "1 seed, no spread" if row["runs"] == 1 else f"n={row['runs']}"
-    return f"{_pct(row['test_top1'], None if row['runs'] == 1 else row['test_top1_std'])}  ({spread})"
+    return f"{_pct(row['test_top1'], row['test_top1_std'])}  ({spread})"
 
 
 def plots(results: dict[str, list[dict]], summary: dict, out: Path) -> list[Path]:
