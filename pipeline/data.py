@@ -105,12 +105,16 @@ def resized(x: torch.Tensor, size: int, chunk: int = 2000) -> torch.Tensor:
     return out
 
 
-def load(cfg: DataConfig, seed: int = 0) -> Dataset:
-    if cfg.dataset not in DATASETS:
+def check_dataset(name: str) -> None:
+    if name not in DATASETS:
         import difflib
-        close = difflib.get_close_matches(cfg.dataset, DATASETS, n=1)
+        close = difflib.get_close_matches(name, DATASETS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown data set '{cfg.dataset}'{hint} Valid: {', '.join(DATASETS)}")
+        raise UserError(f"unknown data set '{name}'{hint} Valid: {', '.join(DATASETS)}")
+
+
+def load(cfg: DataConfig, seed: int = 0) -> Dataset:
+    check_dataset(cfg.dataset)
     ds = {"fashion_mnist": _fashion, "cifar10": _cifar10, "imagefolder": _imagefolder,
           "synthetic": _synthetic}[cfg.dataset](cfg, seed)
     if not len(ds.val_y):

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 import pipeline
-from pipeline import codegraph, config as config_mod
+from pipeline import codegraph, config as config_mod, preflight
 from pipeline.errors import UserError
 from pipeline.store import RunDir, atomic_write, file_record, sha256
 
@@ -166,6 +166,9 @@ class Runner:
         for name in self.stages[:self.stages.index(selected[0])]:
             if states[name] != "done":
                 raise UserError(f"stage '{name}' is not done; run without --from, or 'compress {name}' first")
+        to_run = [n for n in selected if n in forced or states[n] != "done"]
+        if to_run:
+            preflight.check(self.cfg, to_run)
         for name in selected:
             if name not in forced and states[name] == "done":
                 self.console.print(f"[dim]{name}: up to date, skipped[/dim]")

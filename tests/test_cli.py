@@ -40,6 +40,27 @@ def test_bad_input_is_one_line_and_exit_2(cli, smoke_run, tmp_path):
     assert result.exit_code == 2 and "cannot write to run directory" in result.output
 
 
+def test_a_later_stage_typo_stops_the_run_before_the_teacher_trains(cli, smoke_run, tmp_path):
+    cases = [
+        ("student.arch=resnet8x", "student.arch: unknown model 'resnet8x'; did you mean 'resnet8'?"),
+        ("student.arch=mobilenet_v3_small", "set student.width: 1.0"),  # smoke's student width is 0.25
+        ("distill.method=kdd", "unknown distillation method 'kdd'"),
+        ("adapt.stages=[5]", "adapt.stages has 5, out of range"),
+    ]
+    for override, message in cases:
+        result = cli(*smoke_run, "--set", override, "all")
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "run" / "teacher").exists(), override
+
+
+@pytest.mark.parametrize("name", ["smoke", "default", "paper", "photos", "study"])
+def test_every_shipped_config_passes_the_preflight(name):
+    from pipeline import config, preflight
+
+    preflight.check(config.load(name), ["teacher", "adapt", "distill"])
+
+
 def test_all_then_everything_skipped_and_status(cli, smoke_run, tmp_path):
     first = cli(*smoke_run, "all")
     assert first.exit_code == 0, first.output
