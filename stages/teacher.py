@@ -21,7 +21,8 @@ def run(ctx) -> list[Path]:
     report = data.write_report(ds, ctx.dir)  # a photo folder's files ignored and images skipped
     seed_all(cfg.seed)
     model = models.create_from(tcfg.arch, ds.channels, len(ds.classes), tcfg.width, tcfg.weights,
-                               log=lambda m: ctx.console.print(f"teacher: {m}", highlight=False))
+                               log=lambda m: ctx.console.print(f"teacher: {m}", highlight=False),
+                               field="teacher.weights")
     if tcfg.epochs == 0:  # the config makes sure teacher.weights is set
         return _as_given(ctx, model, ds) + report
     result = fit(Classifier(model, tcfg.label_smoothing), model, ds, tcfg, ctx.dir, seed=cfg.seed,

@@ -149,6 +149,15 @@ def test_compress_checkpoint_as_weights(tmp_path):
         models.create_from("resnet18", 3, 5, weights=str(path))
 
 
+def test_training_checkpoint_gives_its_state_dict(tmp_path, tv_resnet18):
+    """What training scripts save: the weights under some key beside the optimizer and the epoch."""
+    path, state = tv_resnet18
+    for key in ("model_state_dict", "my_weights"):  # a usual name, and the only dict of tensors under any name
+        torch.save({"epoch": 7, "optimizer": {"state": {}, "param_groups": []}, key: state}, tmp_path / "c.pt")
+        model = models.create_from("resnet18", 3, 5, weights=str(tmp_path / "c.pt"), log=lambda m: None)
+        assert torch.equal(model.net.layer1[0].conv1.weight, state["layer1.0.conv1.weight"]), key
+
+
 def test_bad_weights_are_one_line_errors(tmp_path, tv_resnet18):
     with pytest.raises(UserError, match="does not exist"):
         models.create_from("resnet18", 3, 5, weights=str(tmp_path / "nope.pth"))
@@ -157,6 +166,15 @@ def test_bad_weights_are_one_line_errors(tmp_path, tv_resnet18):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a PyTorch state_dict"):
         models.create_from("resnet18", 3, 5, weights=str(tmp_path / "junk.pth"))
+    torch.save(models.create("resnet8", 3, 5), tmp_path / "whole.pt")  # torch.save(model), not its state_dict
+    with pytest.raises(UserError, match=r"student.weights: .*whole.pt holds a whole pickled model.*state_dict\(\)"):
+        models.create_from("resnet8", 3, 5, weights=str(tmp_path / "whole.pt"), field="student.weights")
+    torch.save({"a": tv_resnet18[1], "b": tv_resnet18[1]}, tmp_path / "two.pt")
+    with pytest.raises(UserError, match=r"several state_dicts \(a, b\)"):
+        models.create_from("resnet18", 3, 5, weights=str(tmp_path / "two.pt"))
+    torch.save({"epoch": 3}, tmp_path / "none.pt")
+    with pytest.raises(UserError, match="holds no state_dict .*keys are epoch"):
+        models.create_from("resnet18", 3, 5, weights=str(tmp_path / "none.pt"))
     wrong = {k: v for k, v in tv_resnet18[1].items()}
     wrong["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(wrong, tmp_path / "wrong.pth")

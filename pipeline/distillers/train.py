@@ -29,7 +29,7 @@ def new_student(cfg, ds: data_mod.Dataset, seed: int) -> models.StagedNet:
     models.check_arch(cfg.student.arch)
     torch.manual_seed(seed)
     return models.create_from(cfg.student.arch, ds.channels, len(ds.classes), cfg.student.width,
-                              cfg.student.weights, log=lambda m: print(f"student: {m}"))
+                              cfg.student.weights, log=lambda m: print(f"student: {m}"), field="student.weights")
 
 
 def epochs_to(history: list[dict], target: float) -> int | None:

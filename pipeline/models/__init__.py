@@ -36,7 +36,7 @@ def create(name: str, in_channels: int, num_classes: int, width: float = 1.0) ->
 
 
 def create_from(name: str, in_channels: int, num_classes: int, width: float = 1.0, weights: str = "",
-                log=print) -> nn.Module:
+                log=print, field: str = "weights") -> nn.Module:
     """``create``, then load the user's starting ``weights`` (a path or DEFAULT) if given. The model
     remembers which parameters came from the file (``loaded_params``) so training can give them a lower
     learning rate than the freshly initialised ones."""
@@ -44,7 +44,7 @@ def create_from(name: str, in_channels: int, num_classes: int, width: float = 1.
 
     model = create(name, in_channels, num_classes, width)
     if weights:
-        model.loaded_params = frozenset(load_into(model, weights, name, log))
+        model.loaded_params = frozenset(load_into(model, weights, name, log, field))
     return model
 
 

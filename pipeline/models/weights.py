@@ -1,5 +1,8 @@
 """Starting weights the user already has: a plain state_dict, a torchvision weights file, a compress
-checkpoint, or ``DEFAULT`` (torchvision's pretrained weights, downloaded by torchvision).
+checkpoint, a training script's checkpoint (the state_dict under ``model_state_dict``, ``model``, ``net`` and
+the like, beside the optimizer), or ``DEFAULT`` (torchvision's pretrained weights, downloaded by torchvision).
+A whole pickled model (``torch.save(model)``) is refused with how to save its state_dict instead: loading it
+would mean unpickling arbitrary code, and every load here is ``weights_only=True``.
 
 Tensors are matched by name after the one prefix difference we know of (our torchvision wrapper keeps the
 net under ``net.``; DDP checkpoints add ``module.``). Two mismatches are expected and repaired, and logged:
@@ -26,35 +29,67 @@ def _first_conv_key(model: nn.Module) -> str:
     return next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
 
 
-def read_state(source: str, arch: str) -> dict[str, torch.Tensor]:
-    """The tensors in ``source``; a compress checkpoint of another architecture is refused."""
+NESTED = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema", "model_ema", "ema")
+HOW = "give a file saved with torch.save(model.state_dict(), path)"
+
+
+def read_state(source: str, arch: str, field: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors in ``source``; a compress checkpoint of another architecture is refused. ``field`` is the
+    config key the path came from, named in every error."""
     if source == "DEFAULT":
         import torchvision
 
         try:
             return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
         except ValueError as exc:
-            raise UserError(f"weights: DEFAULT means torchvision's pretrained weights, which {arch} has none of; "
+            raise UserError(f"{field}: DEFAULT means torchvision's pretrained weights, which {arch} has none of; "
                             "give a file path instead") from exc
         except OSError as exc:
-            raise UserError(f"weights: DEFAULT could not download torchvision's {arch} weights ({exc}); "
+            raise UserError(f"{field}: DEFAULT could not download torchvision's {arch} weights ({exc}); "
                             "download the file elsewhere and give its path") from exc
     path = Path(source).expanduser()
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
+        raise UserError(f"{field}: {path} does not exist; fix the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a non-checkpoint or damaged file
-        raise UserError(f"weights file {path} is not a PyTorch state_dict or checkpoint "
-                        f"({type(exc).__name__})") from exc
+        if "Unsupported global" in str(exc):  # torch.save(model): a pickled nn.Module, which could run any code
+            raise UserError(f"{field}: {path} holds a whole pickled model, which compress does not unpickle "
+                            f"(weights_only=True); load it where it was made and {HOW}") from exc
+        raise UserError(f"{field}: {path} is not a PyTorch state_dict or checkpoint ({type(exc).__name__}); "
+                        f"{HOW}") from exc
     if isinstance(obj, dict) and "arch" in obj and "state_dict" in obj and obj["arch"] != arch:
-        raise UserError(f"weights file {path} is a compress checkpoint of a {obj['arch']}, not a {arch}")
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"weights file {path} holds no state_dict (a dict of tensors)")
-    return obj
+        raise UserError(f"{field}: {path} is a compress checkpoint of a {obj['arch']}, not a {arch}; "
+                        f"set {_key(field, 'arch')}: {obj['arch']} or give weights for a {arch}")
+    return _tensors(obj, f"{field}: {path}")
+
+
+def _key(field: str, name: str) -> str:
+    """'teacher.weights' -> 'teacher.arch': the config key beside the weights path."""
+    return field.rpartition(".")[0] + "." + name if "." in field else name
+
+
+def _is_state(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _tensors(obj, where: str) -> dict[str, torch.Tensor]:
+    """The state_dict in a loaded file: the file itself, or a training checkpoint's entry holding it (the
+    usual names first, else the only dict of tensors in it)."""
+    if _is_state(obj):
+        return obj
+    if not isinstance(obj, dict):
+        raise UserError(f"{where} holds a {type(obj).__name__}, not a state_dict; {HOW}")
+    for key in NESTED:
+        if _is_state(obj.get(key)):
+            return obj[key]
+    found = [k for k, v in obj.items() if _is_state(v)]
+    if len(found) == 1:
+        return obj[found[0]]
+    if found:
+        raise UserError(f"{where} holds several state_dicts ({', '.join(map(str, found))}); {HOW}")
+    raise UserError(f"{where} holds no state_dict (a dict of tensors); its keys are "
+                    f"{', '.join(map(str, list(obj)[:8]))}; {HOW}")
 
 
 def _renamed(state: dict, wanted: set[str]) -> dict:
@@ -75,17 +110,17 @@ def adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
     return mean.repeat(1, channels, 1, 1) * (weight.shape[1] / channels)
 
 
-def load_into(model: nn.Module, source: str, arch: str, log=print) -> set[str]:
+def load_into(model: nn.Module, source: str, arch: str, log=print, field: str = "weights") -> set[str]:
     """Load ``source`` into ``model``; returns the names of the parameters that came from the file."""
     target = model.state_dict()
-    state = _renamed(read_state(source, arch), set(target))
+    state = _renamed(read_state(source, arch, field), set(target))
     head, conv = _classifier_keys(model), _first_conv_key(model)
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     extra = [k for k in state if k not in target]
     if missing or extra:
-        raise UserError(f"weights {source} do not fit a {arch}: {len(missing)} tensors missing (e.g. "
+        raise UserError(f"{field}: {source} do not fit a {arch}: {len(missing)} tensors missing (e.g. "
                         f"{(missing or ['-'])[0]}), {len(extra)} unknown (e.g. {(extra or ['-'])[0]}); "
-                        "they are for another architecture")
+                        f"they are for another architecture: set {_key(field, 'arch')} to the one they were trained as")
     loaded, reset = {}, []
     for key, value in state.items():
         want = target[key].shape
@@ -97,8 +132,9 @@ def load_into(model: nn.Module, source: str, arch: str, log=print) -> set[str]:
             loaded[key] = adapt_channels(value, want[1])
             log(f"weights: first conv adapted from {value.shape[1]} to {want[1]} input channels")
         else:
-            raise UserError(f"weights {source} do not fit a {arch}: {key} is {tuple(value.shape)}, "
-                            f"the model's is {tuple(want)}")
+            raise UserError(f"{field}: {source} do not fit a {arch}: {key} is {tuple(value.shape)}, "
+                            f"the model's is {tuple(want)}; set {_key(field, 'arch')} and {_key(field, 'width')} to "
+                            "those they were trained at")
     if reset:
         log(f"weights: classifier re-initialised ({state[sorted(reset)[-1]].shape[0]} classes in the file, "
             f"{target[sorted(reset)[-1]].shape[0]} here)")
