@@ -8,6 +8,7 @@ plain one, distillers are others. The engine does not care which.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -100,6 +101,15 @@ def cpu_has_bf16() -> bool:
 def has_depthwise(model: nn.Module | None) -> bool:
     """Whether ``model`` has grouped (depthwise) convolutions, as MobileNets and EfficientNets do."""
     return model is not None and any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+
+
+def channels_last_breaks(task: nn.Module) -> bool:
+    """Whether training ``task`` in channels_last would hit oneDNN issue #6035: the weight gradient of a 1x1
+    stride-2 convolution with fewer input channels than the kernel's block (8 with AVX2, 16 with AVX-512)
+    writes past its workspace in NHWC, which crashes on one thread and gives wrong gradients or hangs on more.
+    ResNets narrower than width 1 have such shortcuts (e.g. resnet8 at width 0.25: 4 and 8 channels)."""
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.groups == 1
+               and m.in_channels < 16 and m.weight.requires_grad for m in task.modules())
 
 
 def resolve_precision(precision: str, device: torch.device, model: nn.Module | None = None) -> str:
@@ -219,6 +229,11 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     precision = resolve_precision(cfg.precision, device, model)
     torch.manual_seed(seed)
     task.to(device)
+    if cfg.channels_last and device.type == "cpu" and channels_last_breaks(task):
+        cfg = dataclasses.replace(cfg, channels_last=False)
+        if console and d.main:
+            console.print(f"[yellow]{label}: channels_last off for this net: its 1x1 stride-2 convolutions with "
+                          "under 16 input channels break oneDNN's NHWC backward (oneDNN issue #6035)[/yellow]")
     if cfg.channels_last:
         task.to(memory_format=torch.channels_last)
     steps_per_epoch = (len(ds.train_y) // d.world) // cfg.batch_size

@@ -38,3 +38,23 @@ def test_explicit_precision_is_kept(monkeypatch):
 def test_missing_probes_mean_fp32(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert engine.resolve_precision("auto", CPU, models.create("resnet8", 1, 10)) == "fp32"
+
+
+def test_channels_last_is_dropped_where_onednn_breaks(tmp_path):
+    """oneDNN #6035: a 1x1 stride-2 conv with < 16 input channels corrupts memory in NHWC backward (on one
+    thread it aborts the process, so the run is a subprocess). resnet8 at width 0.25 has 4- and 8-channel ones."""
+    import os
+    import subprocess
+    import sys
+
+    assert engine.channels_last_breaks(models.create("resnet8", 3, 4, 0.25))
+    assert not engine.channels_last_breaks(models.create("resnet8", 3, 4, 1.0))
+    frozen = models.create("resnet8", 3, 4, 0.25).requires_grad_(False)  # a frozen teacher has no weight grads
+    assert not engine.channels_last_breaks(frozen)
+    cmd = [sys.executable, "-m", "pipeline.cli", "-c", "smoke", "-r", str(tmp_path / "run"), "--set",
+           "teacher.channels_last=true", "--set", "teacher.width=0.25", "--set", "teacher.epochs=1", "--set",
+           "data.synthetic_channels=3", "--set", "data.synthetic_train=256", "teacher"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "channels_last off" in run.stdout
