@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,9 +17,7 @@ from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: files we create get the user's usual mode, not mkstemp's 0600
-FILE_MODE = 0o666 & ~_UMASK
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOENT)
 
 
 def free_space(folder: Path) -> str:
@@ -33,38 +30,44 @@ def free_space(folder: Path) -> str:
         f"{free / 2**10:.0f} KB"
 
 
-def _as_disk_full(exc: BaseException, path: Path) -> BaseException:
-    """A write that failed because the disk is full, as OSError(ENOSPC) naming ``path``; else ``exc``.
+def cannot_write(exc: OSError, target: str, fix: str) -> UserError:
+    """``exc`` from creating or writing ``target`` as the one line that says why and what to do."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir where a file is
+        why = "part of the path is a file, not a folder"
+    else:
+        why = "it is a folder" if exc.errno == errno.EISDIR else exc.strerror
+    return UserError(f"cannot write to {target} ({why}); {fix}")
 
-    Libraries hide ENOSPC behind their own errors (torch.save: "unexpected pos ... vs ..."), so a failed write
-    on a disk with (almost) nothing left counts as full.
+
+def _write_failure(exc: BaseException, path: Path) -> BaseException:
+    """What a failed write of ``path`` raises: OSError(ENOSPC) naming ``path`` when the disk is full, a UserError
+    when ``path`` cannot be written at all (read-only, no permission, a folder or a file in the way), else ``exc``.
+
+    Libraries hide ENOSPC behind their own errors (torch.save: "unexpected pos ... vs ..."), so a library error
+    on a disk with (almost) nothing left counts as full. An OSError keeps its own cause, and so does a library
+    error on a pseudo file system (/proc, /sys), which reports no size at all.
     """
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OSError(exc.errno, os.strerror(exc.errno), str(path))
-    if isinstance(exc, Exception) and shutil.disk_usage(path.parent).free < (1 << 20):
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return OSError(exc.errno, os.strerror(exc.errno), str(path))
+        # about path, its temp file or a folder above it, not a file the caller reads while writing
+        ours = exc.filename is not None and (Path(exc.filename).parent == path.parent or
+                                             Path(exc.filename) in path.parents)
+        if ours and exc.errno in _UNWRITABLE:
+            return cannot_write(exc, str(path), "pick another path")
+        return exc
+    if isinstance(exc, Exception) and 0 < (usage := shutil.disk_usage(path.parent)).total and usage.free < (1 << 20):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     return exc
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a temp file and os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if (full := _as_disk_full(exc, path)) is not exc:
-            raise full from exc
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 def atomic_json(path: Path, obj) -> Path:
@@ -75,16 +78,16 @@ def atomic_json(path: Path, obj) -> Path:
 def atomic_path(path: Path):
     """Yield a temp path beside ``path``; on success it replaces ``path`` (for libraries that write files)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # none written, or its folder cannot be written either
             os.unlink(tmp)
-        if (full := _as_disk_full(exc, path)) is not exc:
-            raise full from exc
+        if (failure := _write_failure(exc, path)) is not exc:
+            raise failure from exc
         raise
 
 
@@ -149,8 +152,7 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
-            raise UserError(f"cannot write to run directory {self.root} ({exc.strerror}); "
-                            "pick another with --run-dir") from exc
+            raise cannot_write(exc, f"run directory {self.root}", "pick another with --run-dir") from exc
 
     @contextlib.contextmanager
     def locked(self):

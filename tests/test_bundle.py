@@ -83,6 +83,20 @@ def test_bundle_runner_writes_the_results_schema(tflite_run, tmp_path, cli):
     assert "tflite_fp16" not in rows  # in bundle.formats but never written: left out of the default list
 
 
+def test_an_out_that_cannot_be_written_is_one_line(tflite_run, tmp_path, cli):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    cases = [(tmp_path / "a-file" / "b.tar.gz", "part of the path is a file, not a folder"),
+             (tmp_path / "a-folder", "it is a folder"),
+             (Path("/proc/b.tar.gz"), "cannot write to /proc/b.tar.gz")]  # 0 bytes free, yet not full
+    for out, message in cases:
+        result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", "--out", str(out))
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "pick another path" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.fixture(scope="module")
 def pi_python(request):
     """A venv with tflite-runtime 2.14 and numpy<2 (what Raspberry Pi setups run), cached between sessions."""

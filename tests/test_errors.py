@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import store
 from pipeline.cli import _hoist_global_options
+from pipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESS = [sys.executable, "-m", "pipeline.cli"]
@@ -68,6 +69,18 @@ def test_a_library_error_on_a_full_disk_counts_as_full(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_write_that_cannot_happen_keeps_its_cause_on_a_nearly_full_or_pseudo_disk(tmp_path, monkeypatch):
+    Usage = type(store.shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(1 << 30, 1 << 30, 512))
+    with pytest.raises(UserError, match=r"model.pt \(Read-only file system\); pick another path"):
+        with store.atomic_path(tmp_path / "model.pt") as tmp:
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(0, 0, 0))  # what /proc and /sys report
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        with store.atomic_path(tmp_path / "model.pt"):
+            raise RuntimeError("unexpected pos 102272 vs 102192")
+
+
 def test_full_disk_mid_stage_is_one_line_and_resumable(cli, smoke_run, tmp_path, monkeypatch):
     assert cli(*smoke_run, "teacher").exit_code == 0
     manifest = (tmp_path / "run/manifest.json").read_bytes()
@@ -87,7 +100,9 @@ def test_full_disk_mid_stage_is_one_line_and_resumable(cli, smoke_run, tmp_path,
 
 def test_files_follow_the_umask(cli, smoke_run, tmp_path):
     assert cli(*smoke_run, "teacher").exit_code == 0
-    expected = 0o666 & ~store._UMASK
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
     for name in ("config.yaml", "manifest.json", "teacher/metrics.jsonl"):
         assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == expected, name
 
