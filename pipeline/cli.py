@@ -271,7 +271,7 @@ def predict(
 def bundle_cmd(
     fmt: Annotated[Optional[list[str]], typer.Option("--format", "-f", help="Artifact to pack (repeatable; "
                                                      "default bundle.formats).")] = None,
-    images: Annotated[Optional[int], typer.Option(help="Test images in eval.npz (0 = all).")] = None,
+    images: Annotated[Optional[int], typer.Option(min=0, help="Test images in eval.npz (0 = all).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the tar.gz.")] = None,
     check_arm: Annotated[bool, typer.Option("--check-arm", help="Then run it on an emulated arm64 Debian 12 "
                                             "(root, qemu) and compare each image with the host.")] = False,

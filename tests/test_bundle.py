@@ -97,6 +97,14 @@ def test_an_out_that_cannot_be_written_is_one_line(tflite_run, tmp_path, cli):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--images", "-1"], "Invalid value for '--images'"),
+])
+def test_bad_bundle_options(tflite_run, cli, args, message):
+    result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
 @pytest.fixture(scope="module")
 def pi_python(request):
     """A venv with tflite-runtime 2.14 and numpy<2 (what Raspberry Pi setups run), cached between sessions."""
