@@ -48,6 +48,6 @@ def get(name: str) -> Format:
             return fmt
     names = [f.name for f in FORMATS]
     close = difflib.get_close_matches(name, names, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise UserError(f"unknown format '{name}'{hint} Valid: {', '.join(names)}")
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise UserError(f"unknown format '{name}'{hint}; valid: {', '.join(names)}")
 

@@ -99,6 +99,7 @@ def test_an_out_that_cannot_be_written_is_one_line(tflite_run, tmp_path, cli):
 
 @pytest.mark.parametrize("args, message", [
     (["--images", "-1"], "Invalid value for '--images'"),
+    (["--format", "tflite_in8"], "unknown format 'tflite_in8' (did you mean 'tflite_int8'?); valid: torch_fp32,"),
 ])
 def test_bad_bundle_options(tflite_run, cli, args, message):
     result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", *args)
