@@ -5,6 +5,13 @@ Layouts: ``root/<class>/*`` (a seeded, stratified test split of ``data.test_frac
 the three splits; ``train + val`` makes val/ the report's test split (choices then use a validation split held
 out of train/, so nothing is chosen on the images reported); ``train + test`` likewise.
 
+The scan stops with one line saying what to fix when the folder makes no sound classifier: fewer than two
+classes, a class folder with no images, split folders not in lower case, val/ or test/ without train/ or
+train/ alone, or a split that lacks a class. The last is an error, not a warning, in both layouts (val/ or
+test/ without a class of train/; a class too small for the held-out test split to get one of its images): a
+split without a class never measures it, so the report's or the choices' accuracy would silently leave it out,
+and a warning is easy to miss in a long run's log. Only a held-out validation split may lack a small class.
+
 Only files with the extensions torchvision's ImageFolder accepts count; hidden files and other files are
 ignored and counted. An image PIL cannot decode (corrupt, truncated, empty) is skipped and listed in the data
 report; above ``data.max_bad_fraction`` of the folder the load stops with one line naming the first few.
@@ -73,43 +80,84 @@ def _classes(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan(root: Path, test_fraction: float, val_fraction: float, seed: int) -> Scan:
-    """The split of ``root`` into train / val / test file lists (see the module docstring)."""
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The train/, val/ and test/ folders of ``root`` (none: the flat layout), checked to make a layout."""
+    names = {p.name for p in root.iterdir() if p.is_dir()}
+    misnamed = sorted(n for n in names if n.lower() in SPLITS and n not in SPLITS)
+    if misnamed:
+        raise UserError(f"{', '.join(n + '/' for n in misnamed)} in {root} must be lower case; rename to "
+                        f"{', '.join(n.lower() + '/' for n in misnamed)}")
+    given = {s: root / s for s in SPLITS if s in names}
+    if given and "train" not in given:
+        raise UserError(f"{next(iter(given.values()))} needs a train/ folder beside it (one subfolder of images per "
+                        f"class), or put the class folders at the top of {root}")
+    if len(given) == 1:
+        raise UserError(f"{given['train']} needs val/ or test/ beside it, or put the class folders at the top of "
+                        f"{root} to have a test split held out of them")
+    return given
+
+
+def _check_images(folder: Path, classes: list[str], files: list[tuple[str, int]], split: str) -> None:
+    """Every class has images in ``folder``: the folder of train/ or of the flat layout, or a val/ or test/."""
+    if not files:
+        raise UserError(f"{folder} has no images; put one subfolder of images per class in it")
+    have = {y for _, y in files}
+    for label, name in enumerate(classes):
+        if label in have:
+            continue
+        if split == "train":
+            raise UserError(f"class folder {folder / name} has no images; remove it or add images")
+        raise UserError(f"{folder} has no images of class '{name}', which train/ has; add some to {folder / name} "
+                        "(every split needs every class)")
+
+
+def _hold_out(files: list[tuple[str, int]], classes: list[str], seed: int, split: str,
+              fraction: float) -> tuple[list, list]:
+    """(kept, held out as ``split``): a stratified, seeded ``fraction`` of every class; the kept part, and a
+    test split, have every class."""
     from pipeline.data import split_off
 
+    kept_at, held_at = split_off(torch.tensor([y for _, y in files]), fraction, seed)
+    kept, held = [files[i] for i in kept_at], [files[i] for i in held_at]
+    for name, part in (("train", kept), ("test", held)) if split == "test" else (("train", kept),):
+        missing = sorted(set(range(len(classes))) - {y for _, y in part})
+        if missing:
+            n = sum(y == missing[0] for _, y in files)
+            raise UserError(f"{n} images of class '{classes[missing[0]]}' are too few to hold out "
+                            f"data.{split}_fraction={fraction} of them (the {name} split would get none); add images "
+                            f"or change data.{split}_fraction")
+    return kept, held
+
+
+def scan(root: Path, test_fraction: float, val_fraction: float, seed: int) -> Scan:
+    """The split of ``root`` into train / val / test file lists (see the module docstring)."""
     if not root.is_dir():
         raise UserError(f"data.root '{root}' is not a folder; point it at a folder with one subfolder of images "
                         "per class (or train/ and val/ folders of those); for a demo folder run "
                         "'python benchmarks/make_photo_folder.py data/photos'")
-    given = {s: root / s for s in SPLITS if (root / s).is_dir()}
-    if "train" in given and len(given) > 1:
-        classes = _classes(given["train"])
-        for s, folder in given.items():
-            extra = set(_classes(folder)) - set(classes)
-            if extra:
-                raise UserError(f"{folder} has classes {sorted(extra)} that {given['train']} lacks; "
-                                "give every split the same class folders")
-        result = Scan(classes, {}, root=str(root.resolve()))
-        result.files = {s: _class_files(f, classes, result.ignored) for s, f in given.items()}
-        if "test" not in result.files:  # train + val: val/ is what the report measures
-            result.files["test"] = result.files.pop("val")
-    else:
-        classes = _classes(root)
-        result = Scan(classes, {}, root=str(root.resolve()))
-        everything = _class_files(root, classes, result.ignored)
-        labels = torch.tensor([y for _, y in everything])
-        kept, held = split_off(labels, test_fraction, seed) if len(everything) else ([], [])
-        result.files = {"train": [everything[i] for i in kept], "test": [everything[i] for i in held]}
-    if "val" not in result.files:  # a validation split held out of train, stratified and seeded
-        labels = torch.tensor([y for _, y in result.files["train"]])
-        kept, held = split_off(labels, val_fraction, seed + 1) if len(labels) else ([], [])
-        train = result.files["train"]
-        result.files["train"], result.files["val"] = [train[i] for i in kept], [train[i] for i in held]
+    given = _split_folders(root)
+    top = given.get("train", root)
+    result = Scan(_classes(top), {}, root=str(root.resolve()))
+    if len(result.classes) < 2:
+        raise UserError(f"{top} has {len(result.classes)} class folder(s) {result.classes}; a classifier needs two "
+                        "or more: put the images in one subfolder per class")
+    for s, folder in (given or {"train": root}).items():
+        extra = set(_classes(folder)) - set(result.classes)
+        if extra:
+            raise UserError(f"{folder} has classes {sorted(extra)} that {top} lacks; "
+                            "give every split the same class folders")
+        result.files[s] = _class_files(folder, result.classes, result.ignored)
+        _check_images(folder, result.classes, result.files[s], s)
+    if not given:
+        result.files["train"], result.files["test"] = _hold_out(result.files["train"], result.classes, seed, "test",
+                                                                test_fraction)
+    elif "test" not in given:  # train + val: val/ is what the report measures
+        result.files["test"] = result.files.pop("val")
+    if "val" not in result.files:  # a validation split held out of train
+        result.files["train"], result.files["val"] = _hold_out(result.files["train"], result.classes, seed + 1, "val",
+                                                               val_fraction)
     order = torch.randperm(len(result.files["train"]), generator=torch.Generator().manual_seed(seed)).tolist()
     result.files["train"] = [result.files["train"][i] for i in order]  # so that any prefix has every class
-    if len(classes) < 2 or not result.files["train"] or not result.files["test"]:
-        raise UserError(f"{root} needs at least two class folders with images in them, enough for a training "
-                        "and a test split")
     return result
 
 

@@ -94,6 +94,34 @@ def test_given_layouts_are_used_as_given(tmp_path, splits):
         data.load(_cfg(root, tmp_path), seed=0)
 
 
+def _empty_val(root):
+    _folder(root / "train", n=6)
+    (root / "val").mkdir()
+
+
+def _lacking_class(root):
+    _folder(root / "train", n=6)
+    _folder(root / "val", classes=("cat",), n=3)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda r: (_folder(r, n=6), (r / "fox").mkdir()), r"class folder .*photos/fox has no images; remove it or add"),
+    (lambda r: (_folder(r, classes=("cat",), n=6), (r / "dog").mkdir()), r"class folder .*/dog has no images"),
+    (lambda r: _folder(r, classes=("cat",), n=6), r"has 1 class folder\(s\) \['cat'\]; a classifier needs two"),
+    (_lacking_class, r"val has no images of class 'dog', which train/ has; add some to .*val/dog"),
+    (lambda r: _folder(r / "test", n=6), r"photos/test needs a train/ folder beside it"),
+    (lambda r: _folder(r / "train", n=6), r"photos/train needs val/ or test/ beside it, or put the class folders at"),
+    (_empty_val, r"photos/val has no images; put one subfolder of images per class in it"),
+    (lambda r: (_folder(r / "Train", n=6), _folder(r / "Val", n=3)), r"Train/, Val/ in .* must be lower case"),
+    (lambda r: _folder(r, n=3), r"3 images of class 'cat' are too few to hold out data.test_fraction=0.1 .*add images"),
+], ids=["extra empty class", "one class with images", "one class", "val lacks a class", "test alone", "train alone",
+        "empty val", "capitalised", "too few images"])
+def test_a_folder_that_makes_no_sound_classifier_says_what_to_fix(tmp_path, make, message):
+    make(tmp_path / "photos")
+    with pytest.raises(UserError, match=message):
+        imagefolder.scan(tmp_path / "photos", 0.1, 0.1, 0)
+
+
 def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monkeypatch):
     root = tmp_path / "photos"
     _folder(root, n=12)
