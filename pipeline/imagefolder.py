@@ -3,7 +3,8 @@
 Layouts: ``root/<class>/*`` (a seeded, stratified test split of ``data.test_fraction`` is held out), or
 ``root/train/<class>/*`` with ``val/`` and/or ``test/`` beside it, used as given: ``train + val + test`` are
 the three splits; ``train + val`` makes val/ the report's test split (choices then use a validation split held
-out of train/, so nothing is chosen on the images reported); ``train + test`` likewise.
+out of train/, so nothing is chosen on the images reported); ``train + test`` likewise. A leading ``~`` in
+``root`` is the home folder.
 
 The scan stops with one line saying what to fix when the folder makes no sound classifier: fewer than two
 classes, a class folder with no images, split folders not in lower case, val/ or test/ without train/ or
@@ -131,6 +132,7 @@ def _hold_out(files: list[tuple[str, int]], classes: list[str], seed: int, split
 
 def scan(root: Path, test_fraction: float, val_fraction: float, seed: int) -> Scan:
     """The split of ``root`` into train / val / test file lists (see the module docstring)."""
+    root = root.expanduser()
     if not root.is_dir():
         raise UserError(f"data.root '{root}' is not a folder; point it at a folder with one subfolder of images "
                         "per class (or train/ and val/ folders of those); for a demo folder run "

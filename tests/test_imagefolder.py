@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,6 +121,12 @@ def test_a_folder_that_makes_no_sound_classifier_says_what_to_fix(tmp_path, make
     make(tmp_path / "photos")
     with pytest.raises(UserError, match=message):
         imagefolder.scan(tmp_path / "photos", 0.1, 0.1, 0)
+
+
+def test_root_may_start_with_a_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _folder(tmp_path / "photos", n=6)
+    assert imagefolder.scan(Path("~/photos"), 0.1, 0.1, 0).root == str(tmp_path / "photos")
 
 
 def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monkeypatch):
