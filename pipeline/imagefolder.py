@@ -15,7 +15,8 @@ and a warning is easy to miss in a long run's log. Only a held-out validation sp
 
 Only files with the extensions torchvision's ImageFolder accepts count; hidden files and other files are
 ignored and counted. An image PIL cannot decode (corrupt, truncated, empty) is skipped and listed in the data
-report; above ``data.max_bad_fraction`` of the folder the load stops with one line naming the first few.
+report; above ``data.max_bad_fraction`` of the folder the load stops with one line naming the first few,
+and so does a split none of whose images can be read.
 Every image becomes RGB (grayscale, palette, RGBA), its shorter side is resized to ``data.image_size`` and the
 centre is cropped (JPEG files are decoded at a reduced scale first when they are much larger).
 
@@ -284,6 +285,10 @@ def _build(sc: Scan, size: int, folder: Path, tmp: Path, max_bad_fraction: float
         first = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
         raise UserError(f"{len(bad)} of {total} images cannot be decoded (more than data.max_bad_fraction "
                         f"{max_bad_fraction}): {first}; remove or fix them")
+    for split in SPLITS:
+        if sc.files[split] and sum(ordered[i][0] == split for i in bad) == len(sc.files[split]):
+            raise UserError(f"no image of the {split} split can be read ({len(sc.files[split])} files, e.g. "
+                            f"{sc.files[split][0][0]}); replace them with readable images")
     keep = np.setdiff1d(np.arange(total), np.asarray(bad, np.int64))
     if bad:  # compact the good images to the front, preserving split order
         images = np.memmap(tmp / "images.u8", np.uint8, "r+", shape=(total, 3, size, size))

@@ -65,6 +65,22 @@ def test_too_many_unreadable_images_stop_with_one_line_naming_them(tmp_path):
     assert not list((tmp_path / "cache").glob("*/index.json"))  # nothing half-written is kept
 
 
+@pytest.mark.parametrize("junk", ["val", "all"])
+def test_a_split_with_no_readable_image_stops_before_training(tmp_path, junk):
+    root = tmp_path / "photos"
+    _folder(root / "train", n=6)
+    for c in ("cat", "dog"):
+        (root / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            (root / "val" / c / f"bad{i}.jpg").write_bytes(b"junk")
+    if junk == "all":
+        for path in (root / "train").rglob("*.*"):
+            path.write_bytes(b"junk")
+    split, folder = ("train", "train") if junk == "all" else ("test", "val")  # val/ beside train/ alone: the test split
+    with pytest.raises(UserError, match=rf"no image of the {split} split can be read \(\d+ files, e.g. \S*/{folder}/"):
+        data.load(_cfg(root, tmp_path, max_bad_fraction=1.0), seed=0)
+
+
 def test_flat_folder_split_is_stratified_seeded_and_disjoint(tmp_path):
     root = tmp_path / "photos"
     _folder(root, n=50)
