@@ -18,7 +18,9 @@ ignored and counted. An image PIL cannot decode (corrupt, truncated, empty) is s
 report; above ``data.max_bad_fraction`` of the folder the load stops with one line naming the first few,
 and so does a split none of whose images can be read.
 Every image becomes RGB (grayscale, palette, RGBA), its shorter side is resized to ``data.image_size`` and the
-centre is cropped (JPEG files are decoded at a reduced scale first when they are much larger).
+centre is cropped, by resizing only the centre box of the source (pipeline/pixels.py, shared with ``compress
+predict``), so a 60000 x 1 image costs no more memory than the output (JPEG files are decoded at a reduced scale
+first when they are much larger).
 
 Why our own code rather than torchvision's ImageFolder + DataLoader: training here runs on whole uint8
 batches in memory-mapped arrays (one decode for every stage and every run, no per-epoch JPEG decoding on two
@@ -45,6 +47,7 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS  # the files torchvision's ImageFolder accepts
 
 from pipeline.errors import UserError
+from pipeline.pixels import fit
 
 SPLITS = ("train", "val", "test")
 
@@ -203,19 +206,13 @@ def _drop_stale(cache_dir: Path, index: dict, keep: str, log) -> None:
 
 
 def decode_one(path: str, size: int) -> np.ndarray | None:
-    """RGB uint8 (size, size, 3): shorter side resized to ``size``, centre crop; None if PIL cannot read it."""
+    """RGB uint8 (size, size, 3) by pipeline/pixels.py's fit; None if PIL cannot read it."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale no smaller than size
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            return np.asarray(img.crop((left, top, left + size, top + size)))
+            return fit(img, (size, size))
     except Exception:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, ...)
         return None
 

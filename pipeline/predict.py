@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline import formats
 from pipeline.errors import UserError
+from pipeline.pixels import fit
 
 
 def choose(run_root: Path, artifact: str | None, max_drop: float) -> formats.Format:
@@ -44,18 +45,12 @@ def metadata(path: Path, fmt: formats.Format) -> dict:
 
 
 def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """uint8 C x H x W: any mode converted, the shorter side resized, then the centre cropped."""
+    """uint8 C x H x W by pipeline/pixels.py's fit, as the training decode makes them."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            h, w = size
-            scale = max(h / img.height, w / img.width)
-            img = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))),
-                             Image.Resampling.BILINEAR)
-            left, top = (img.width - w) // 2, (img.height - h) // 2
-            pixels = np.asarray(img.crop((left, top, left + w, top + h)), np.uint8)
+            pixels = fit(img, size, "L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"{path} is not an image file that can be read ({type(exc).__name__}); "
                         "give PNG, JPEG or another common image format") from exc

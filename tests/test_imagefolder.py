@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -191,6 +192,28 @@ def test_resize_shorter_side_then_centre_crop(tmp_path):
     out = imagefolder.decode_one(str(tmp_path / "wide.png"), 20)
     assert out.shape == (20, 20, 3) and out[..., 0].max() < 30 and out[..., 2].min() > 220
     assert imagefolder.decode_one(str(tmp_path / "missing.png"), 20) is None
+
+
+def test_centre_box_resize_matches_resizing_the_whole_then_cropping(tmp_path):
+    yy, xx = np.mgrid[0:240, 0:320]
+    photo = np.stack([128 + 100 * np.sin(xx / 50), 128 + 100 * np.cos(yy / 45), (xx + yy) / 2.2], -1)
+    Image.fromarray(photo.astype(np.uint8)).save(tmp_path / "photo.png")
+    whole = Image.fromarray(photo.astype(np.uint8)).resize((299, 224), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    before = np.asarray(whole.crop((37, 0, 37 + 224, 224)), np.int16)  # the shorter side resized, then cropped
+    diff = np.abs(imagefolder.decode_one(str(tmp_path / "photo.png"), 224).astype(np.int16) - before)
+    assert diff.mean() < 0.5 and diff.max() <= 3  # resampling rounding: the box is centred exactly
+
+
+def test_a_very_long_image_is_never_enlarged_whole(tmp_path, monkeypatch):
+    Image.new("RGB", (20000, 1), (10, 20, 30)).save(tmp_path / "long.png")
+    real = Image.Image.resize
+
+    def small_resize(img, size, *args, **kwargs):  # resizing the shorter side first would make 4480000 x 224
+        assert size[0] * size[1] <= 224 * 224, f"resized to {size}"
+        return real(img, size, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "resize", small_resize)
+    out = imagefolder.decode_one(str(tmp_path / "long.png"), 224)
+    assert out is not None and out.shape == (224, 224, 3) and (out == (10, 20, 30)).all()
 
 
 def test_image_size_upsamples_in_memory_sets():
