@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import data, imagefolder
+from pipeline import data, imagefolder, predict
 from pipeline.config import DataConfig
 from pipeline.errors import UserError
 
@@ -214,6 +214,20 @@ def test_a_very_long_image_is_never_enlarged_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "resize", small_resize)
     out = imagefolder.decode_one(str(tmp_path / "long.png"), 224)
     assert out is not None and out.shape == (224, 224, 3) and (out == (10, 20, 30)).all()
+
+
+DECODERS = {"decode": lambda path: imagefolder.decode_one(str(path), 8),
+            "predict": lambda path: predict.load_image(path, 3, (8, 8)).transpose(1, 2, 0)}
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("pixels, name, expected", [
+    (np.full((12, 12), 30000, np.uint16), "deep.png", 30000 >> 8),  # opens as I;16
+    (np.full((12, 12), 0.5, np.float32), "float.tif", 127),  # opens as F
+])
+def test_16_bit_and_float_pixels_become_8_bits(tmp_path, decoder, pixels, name, expected):
+    Image.fromarray(pixels).save(tmp_path / name)
+    assert (DECODERS[decoder](tmp_path / name) == expected).all()
 
 
 def test_image_size_upsamples_in_memory_sets():
