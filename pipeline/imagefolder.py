@@ -17,10 +17,11 @@ Only files with the extensions torchvision's ImageFolder accepts count; hidden f
 ignored and counted. An image PIL cannot decode (corrupt, truncated, empty) is skipped and listed in the data
 report; above ``data.max_bad_fraction`` of the folder the load stops with one line naming the first few,
 and so does a split none of whose images can be read.
-Every image becomes RGB (grayscale, palette, RGBA; 16-bit and float pixels scaled to 8 bits), its shorter side
-is resized to ``data.image_size`` and the centre is cropped, by resizing only the centre box of the source
-(pipeline/pixels.py, shared with ``compress predict``), so a 60000 x 1 image costs no more memory than the
-output (JPEG files are decoded at a reduced scale first when they are much larger).
+Every image is turned upright by its EXIF orientation and becomes RGB (grayscale, palette, RGBA; 16-bit and
+float pixels scaled to 8 bits), its shorter side is resized to ``data.image_size`` and the centre is cropped, by
+resizing only the centre box of the source (pipeline/pixels.py, shared with ``compress predict``), so a
+60000 x 1 image costs no more memory than the output (JPEG files are decoded at a reduced scale first when they
+are much larger).
 
 Why our own code rather than torchvision's ImageFolder + DataLoader: training here runs on whole uint8
 batches in memory-mapped arrays (one decode for every stage and every run, no per-epoch JPEG decoding on two

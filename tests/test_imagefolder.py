@@ -230,6 +230,17 @@ def test_16_bit_and_float_pixels_become_8_bits(tmp_path, decoder, pixels, name, 
     assert (DECODERS[decoder](tmp_path / name) == expected).all()
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_exif_orientation_is_applied(tmp_path, decoder):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (20, 0, 40, 20))  # stored: red left, blue right
+    exif = img.getexif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: red on top, blue below
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    out = DECODERS[decoder](tmp_path / "phone.jpg").astype(int)
+    assert out[0, 0, 0] > 200 > out[0, 0, 2] and out[-1, 0, 2] > 200 > out[-1, 0, 0]
+
+
 def test_image_size_upsamples_in_memory_sets():
     cfg = DataConfig(dataset="synthetic", synthetic_train=64, synthetic_test=16, synthetic_size=16, image_size=40)
     ds = data.load(cfg, seed=0)
