@@ -48,6 +48,12 @@ def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     """uint8 C x H x W by pipeline/pixels.py's fit, as the training decode makes them."""
     from PIL import Image, UnidentifiedImageError
 
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give the path of an image file")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the image files in it (e.g. {path / '*.jpg'})")
+    if not path.is_file():  # a pipe would block the read forever
+        raise UserError(f"{path} is not a regular file (a pipe, socket or device); give image files")
     try:
         with Image.open(path) as img:
             pixels = fit(img, size, "L" if channels == 1 else "RGB")

@@ -1,9 +1,14 @@
-"""`compress predict` on image files, against the ONNX model run directly on the same pixels."""
+"""`compress predict` on image files, against the ONNX model run directly on the same pixels; paths that are
+not image files."""
+import os
+import signal
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import config, data, onnx_tools
+from pipeline import config, data, onnx_tools, predict
+from pipeline.errors import UserError
 
 
 @pytest.mark.slow
@@ -32,3 +37,24 @@ def test_predict_matches_the_model_and_refuses_a_non_image(cli, smoke_run, tmp_p
     assert cli(*smoke_run, "predict", "-a", "onnx_fp33", files[0]).exit_code == 2
     missing = cli(*smoke_run, "predict", files[0])  # no benchmark yet: nothing is recommended
     assert missing.exit_code == 2 and "--artifact" in missing.output
+
+
+def _timeout(signum, frame):
+    raise RuntimeError("load_image blocked for 5 s")  # not an OSError, which load_image would take as a bad image
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "does not exist"),
+    (os.mkdir, "is a folder; give the image files in it"),
+    (os.mkfifo, "is not a regular file"),  # opening a pipe for reading blocks until something writes to it
+], ids=["missing", "folder", "fifo"])
+def test_a_path_that_is_not_an_image_file_says_what_it_is(tmp_path, make, message):
+    make(tmp_path / "x.jpg")
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(5)
+    try:
+        with pytest.raises(UserError, match=message):
+            predict.load_image(tmp_path / "x.jpg", 3, (8, 8))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
