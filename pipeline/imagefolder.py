@@ -169,7 +169,8 @@ def scan(root: Path, test_fraction: float, val_fraction: float, seed: int) -> Sc
 
 
 def cache_key(sc: Scan, image_size: int) -> str:
-    h = hashlib.sha256(json.dumps({"size": image_size, "classes": sc.classes, "version": 1}).encode())
+    # version: bumped whenever the decode gives other pixels (2: EXIF orientation, 16-bit/float, centre-box resize)
+    h = hashlib.sha256(json.dumps({"size": image_size, "classes": sc.classes, "version": 2}).encode())
     for split in SPLITS:
         for path, label in sc.files[split]:
             st = os.stat(path)
