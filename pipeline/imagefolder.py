@@ -184,7 +184,7 @@ def cache_usage(cache_dir: Path) -> tuple[int, int]:
     return len({f.parent for f in files if f.name == "index.json"}), sum(f.stat().st_size for f in files)
 
 
-def _content(sc: Scan) -> str:
+def content(sc: Scan) -> str:
     """What the folder held, whatever the split: every image file with its size and mtime."""
     h = hashlib.sha256()
     for path in sorted(p for files in sc.files.values() for p, _ in files):
@@ -302,7 +302,7 @@ def _build(sc: Scan, size: int, folder: Path, tmp: Path, max_bad_fraction: float
     index = {"classes": sc.classes, "lengths": lengths, "labels": [ordered[i][2] for i in keep],
              "stats": channel_stats(torch.from_numpy(train)),  # chunked: the map is never read in whole
              "skipped": sorted(ordered[i][1] for i in bad), "ignored": sc.ignored, "image_size": size,
-             "source": sc.root, "content": _content(sc),
+             "source": sc.root, "content": content(sc),
              "decode_seconds": round(seconds, 2), "images_per_s": round(total / max(seconds, 1e-9), 1)}
     del train
     (tmp / "index.json").write_text(json.dumps(index))

@@ -104,19 +104,31 @@ class Runner:
     def __init__(self, cfg: config_mod.Config, run: RunDir, console: Console, debug: bool = False):
         self.cfg, self.run, self.console, self.debug = cfg, run, console, debug
         self.stages = available()
+        self._external: dict[str, str] = {}
 
     def fingerprint(self, name: str, manifest: dict) -> str:
-        """Stage name + the source of every module of ours it imports + its config sections + its inputs."""
+        """Stage name + the source of every module of ours it imports + its config sections + its inputs, those
+        from upstream stages and those from outside the run (``external``)."""
         mod = load_stage(name)
+        secs = sections(mod, self.cfg)
         payload = {
             "stage": name,
             "code": [hashlib.sha256(Path(mod.__file__).read_bytes()).hexdigest(), codegraph.code_hash(mod.__name__)],
             "version": pipeline.__version__,
-            "config": {s: _as_json(self.cfg.section(s)) for s in sections(mod, self.cfg)},
+            "config": {s: _as_json(self.cfg.section(s)) for s in secs},
             "inputs": {up: [o["sha256"] for o in manifest["stages"].get(up, {}).get("outputs", [])]
                        for up in upstream(mod, self.cfg)},
         }
+        if files := {k: self.external(k) for k in _external_keys(self.cfg, secs)}:
+            payload["files"] = files
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def external(self, key: str) -> str:
+        """What the file or folder behind config key ``key`` holds now, hashed once per process: a weights
+        file's sha256, or a photo folder's image list with sizes and mtimes (as its decode cache keys it)."""
+        if key not in self._external:
+            self._external[key] = _external_hash(self.cfg, key)
+        return self._external[key]
 
     def states(self, manifest: dict) -> dict[str, str]:
         """done, stale or missing for every stage, in order, each stage's outputs hashed once.
@@ -160,7 +172,6 @@ class Runner:
             raise UserError(f"unknown stage '{force}' for --force; stages are: {', '.join(self.stages)}")
         if is_main_process():
             self.run.create()
-            atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
         forced = set(self.stages[self.stages.index(force):]) if force else set()
         states = self.states(self.run.manifest())
         for name in self.stages[:self.stages.index(selected[0])]:
@@ -179,7 +190,14 @@ class Runner:
             if cached is not None:
                 self._restore(name, cached)
             else:
+                if name in forced:  # --force trains from scratch, not from the resume state
+                    if is_main_process():
+                        for resume in (self.run.root / name).rglob("last.pt"):
+                            resume.unlink()
+                    _barrier()  # before any torchrun rank looks for it (Context.dir)
                 self._run_stage(name, fingerprint)
+            if is_main_process():  # the config of what ran; a run that fails before any stage leaves it alone
+                atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
             states = self.states(self.run.manifest())  # what ran changes what comes after it
 
     def _restore(self, name: str, entry: dict) -> None:
@@ -224,6 +242,33 @@ class Runner:
             rows.append((name, states[name], entry.get("finished", "-"),
                          f"{seconds:.1f} s" if seconds is not None else "-", str(len(self.run.cache.variants(name)))))
         return rows
+
+
+def _external_keys(cfg: config_mod.Config, secs: tuple[str, ...]) -> list[str]:
+    """The config keys among ``secs`` that name data outside the run folder which can change under the same
+    config: a photo folder and starting weights. (Fashion-MNIST and CIFAR-10 are fixed public files.)"""
+    keys = []
+    if "data" in secs and cfg.data.dataset == "imagefolder":
+        keys.append("data.root")
+    for net in ("teacher", "student"):
+        weights = cfg.section(net).weights
+        if (net in secs or f"{net}.weights" in secs) and weights and weights != "DEFAULT":
+            keys.append(f"{net}.weights")
+    return keys
+
+
+def _external_hash(cfg: config_mod.Config, key: str) -> str:
+    """A hash of what ``key`` names now; an unreadable path hashes as the error, so its stage is stale and the
+    stage itself reports the error when it runs."""
+    try:
+        if key == "data.root":
+            from pipeline import imagefolder
+
+            d = cfg.data
+            return imagefolder.content(imagefolder.scan(Path(d.root), d.test_fraction, d.val_fraction, cfg.seed))
+        return sha256(Path(cfg.section(key.split(".")[0]).weights).expanduser())
+    except (OSError, UserError) as exc:
+        return f"unreadable: {exc}"
 
 
 def _as_json(value):

@@ -10,13 +10,17 @@ from pipeline.errors import UserError
 from pipeline.store import RunDir
 
 STAGE_SOURCE = '''
+from pipeline.errors import UserError
+
 NAME = "{name}"
-SECTIONS = ("seed",)
+SECTIONS = {sections}
 UPSTREAM = {upstream}
 CALLS = []
 
 
 def run(ctx):
+    if ctx.cfg.seed == 7:
+        raise UserError("seed 7 fails")
     CALLS.append(ctx.fingerprint)
     text = "seed %d" % ctx.cfg.seed
     for up in UPSTREAM:
@@ -29,10 +33,19 @@ def run(ctx):
 
 @pytest.fixture
 def fake_stages(tmp_path, monkeypatch):
+    return _fake(tmp_path, monkeypatch, ("seed",))
+
+
+@pytest.fixture
+def fake_stages_reading_data(tmp_path, monkeypatch):
+    return _fake(tmp_path, monkeypatch, ("seed", "data", "teacher"))
+
+
+def _fake(tmp_path, monkeypatch, sections):
     mods = {}
     for name, upstream in (("first", ()), ("second", ("first",))):
         path = tmp_path / f"{name}.py"
-        path.write_text(STAGE_SOURCE.format(name=name, upstream=upstream))
+        path.write_text(STAGE_SOURCE.format(name=name, upstream=upstream, sections=sections))
         spec = importlib.util.spec_from_file_location(f"fake_{name}", path)
         mods[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mods[name])
@@ -79,6 +92,52 @@ def test_force_reruns_a_stage_and_everything_after(tmp_path, fake_stages):
     assert [len(m.CALLS) for m in fake_stages.values()] == [2, 3]
     with pytest.raises(UserError, match="unknown stage 'secnd'"):
         r.run_all(r.select(), force="secnd")
+
+
+def test_force_trains_from_scratch_not_from_the_resume_state(tmp_path, fake_stages):
+    r = _runner(tmp_path)
+    r.run_all(r.select())
+    resume = tmp_path / "run/first/last.pt"
+    resume.write_bytes(b"an epoch's state")
+    r.run_all(r.select())
+    assert resume.exists()  # nothing forced, nothing ran: kept
+    r.run_all(r.select(), force="first")
+    assert not resume.exists()
+
+
+def test_a_failed_run_leaves_config_yaml_as_what_ran(tmp_path, fake_stages):
+    r = _runner(tmp_path)
+    r.run_all(r.select())
+    failing = _runner(tmp_path, "seed=7")
+    with pytest.raises(UserError, match="seed 7 fails"):
+        failing.run_all(failing.select())
+    assert (tmp_path / "run/config.yaml").read_text() == config.dump(r.cfg)
+
+
+def test_a_changed_photo_folder_or_weights_file_makes_stages_stale(tmp_path, fake_stages_reading_data):
+    import torch
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for label in ("cat", "dog"):
+        (photos / label).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(photos / label / f"{i}.png")
+    weights = tmp_path / "teacher.pt"
+    torch.save({"w": torch.zeros(2)}, weights)
+    sets = ("data.dataset=imagefolder", f"data.root={photos}", f"teacher.weights={weights}")
+    r = _runner(tmp_path, *sets)
+    r.run_all(r.select())
+    states = lambda: [row[1] for row in _runner(tmp_path, *sets).status_rows()]  # noqa: E731 (a fresh process)
+    assert states() == ["done", "done"]
+    (photos / "notes.txt").write_text("not an image")
+    assert states() == ["done", "done"]  # ignored files are not data
+    Image.new("RGB", (8, 8)).save(photos / "dog" / "new.png")
+    assert states() == ["stale", "stale"]
+    r = _runner(tmp_path, *sets)
+    r.run_all(r.select())
+    torch.save({"w": torch.ones(2)}, weights)  # other weights at the same path
+    assert states() == ["stale", "stale"]
 
 
 def test_from_and_to(tmp_path, fake_stages):
