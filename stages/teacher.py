@@ -43,8 +43,13 @@ def _as_given(ctx, model, ds) -> list[Path]:
     """Evaluate the given teacher on the test set and write it as this stage's checkpoint."""
     from pipeline import models
     from pipeline.engine import accuracy, pick_device, predict, resolve_precision
+    from pipeline.errors import UserError
 
     tcfg = ctx.cfg.teacher
+    fresh = [n for n, _ in model.named_parameters() if n not in model.loaded_params]
+    if fresh:  # e.g. a classifier re-initialised for another class count: an untrained head is no teacher
+        raise UserError(f"teacher.weights leave {len(fresh)} tensors untrained (e.g. {fresh[0]}), and "
+                        "teacher.epochs is 0 (use the weights as given); set teacher.epochs to 1 or more to train them")
     device = pick_device(ctx.cfg.device)
     test = accuracy(predict(model.eval().to(device), ds.test_x, ds, batch_size=tcfg.eval_batch_size, device=device,
                             precision=resolve_precision(tcfg.precision, device, model), channels_last=tcfg.channels_last),

@@ -158,6 +158,16 @@ def test_training_checkpoint_gives_its_state_dict(tmp_path, tv_resnet18):
         assert torch.equal(model.net.layer1[0].conv1.weight, state["layer1.0.conv1.weight"]), key
 
 
+def test_a_compress_training_state_loads_with_its_task_prefix(tmp_path):
+    """last.pt keeps the training task's state: the net's tensors under 'model.' (and torch.compile's
+    '_orig_mod.' is the same kind of prefix)."""
+    src = models.create("resnet8", 3, 5)
+    for prefix in ("model.", "_orig_mod."):
+        torch.save({"epoch": 1, "task": {prefix + k: v for k, v in src.state_dict().items()}}, tmp_path / "t.pt")
+        model = models.create_from("resnet8", 3, 5, weights=str(tmp_path / "t.pt"), log=lambda m: None)
+        assert torch.equal(model.stem[0].weight, src.stem[0].weight), prefix
+
+
 def test_bad_weights_are_one_line_errors(tmp_path, tv_resnet18):
     with pytest.raises(UserError, match="does not exist"):
         models.create_from("resnet18", 3, 5, weights=str(tmp_path / "nope.pth"))
@@ -175,6 +185,10 @@ def test_bad_weights_are_one_line_errors(tmp_path, tv_resnet18):
     torch.save({"epoch": 3}, tmp_path / "none.pt")
     with pytest.raises(UserError, match="holds no state_dict .*keys are epoch"):
         models.create_from("resnet18", 3, 5, weights=str(tmp_path / "none.pt"))
+    nan = dict(tv_resnet18[1], **{"layer1.0.conv1.weight": torch.full((64, 64, 3, 3), float("nan"))})
+    torch.save(nan, tmp_path / "nan.pth")
+    with pytest.raises(UserError, match=r"NaN or infinite values \(e.g. layer1.0.conv1.weight\)"):
+        models.create_from("resnet18", 3, 5, weights=str(tmp_path / "nan.pth"))
     wrong = {k: v for k, v in tv_resnet18[1].items()}
     wrong["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(wrong, tmp_path / "wrong.pth")
@@ -207,6 +221,10 @@ def test_teacher_epochs_0_uses_the_weights_as_given(tmp_path):
     assert not (run.root / "teacher" / "metrics.jsonl").exists()  # nothing was trained
     with pytest.raises(UserError, match="teacher.weights is empty"):
         run_stage(run, smoke_config("teacher.epochs=0"), "teacher")
+    other = models.save_checkpoint(tmp_path / "ten.pt", models.create("resnet8", 1, 10, 0.5), "resnet8", 0.5,
+                                   {**meta, "classes": [str(i) for i in range(10)]})
+    with pytest.raises(UserError, match=r"leave 2 tensors untrained \(e.g. fc.weight\).*teacher.epochs to 1"):
+        run_stage(run, smoke_config("teacher.epochs=0", f"teacher.weights={other}"), "teacher")
 
 
 @pytest.mark.parametrize("method", ["fitnets", "at", "ama"])

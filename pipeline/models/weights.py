@@ -4,14 +4,16 @@ the like, beside the optimizer), or ``DEFAULT`` (torchvision's pretrained weight
 A whole pickled model (``torch.save(model)``) is refused with how to save its state_dict instead: loading it
 would mean unpickling arbitrary code, and every load here is ``weights_only=True``.
 
-Tensors are matched by name after the one prefix difference we know of (our torchvision wrapper keeps the
-net under ``net.``; DDP checkpoints add ``module.``). Two mismatches are expected and repaired, and logged:
+Tensors are matched by name after the prefix differences we know of (our torchvision wrapper keeps the net
+under ``net.``; DDP adds ``module.``, torch.compile ``_orig_mod.``). NaN or infinite values are refused. Two
+mismatches are expected and repaired, and logged:
 a classifier of another class count is left at its fresh initialisation, and a first conv of another
 input-channel count is adapted (summed to one channel, or the RGB mean repeated, scaled to keep the
 activation's magnitude). Anything else that does not fit means the file is for another architecture.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -93,9 +95,10 @@ def _tensors(obj, where: str) -> dict[str, torch.Tensor]:
 
 
 def _renamed(state: dict, wanted: set[str]) -> dict:
-    """The state with the key prefix ('', 'net.', 'module.') that matches the most of ``wanted``."""
+    """The state with the key prefix that matches the most of ``wanted``: our torchvision wrapper's ``net.``,
+    DDP's ``module.``, torch.compile's ``_orig_mod.``, or ``model.`` (a compress last.pt's training task)."""
     best = state
-    for strip, add in (("module.", ""), ("", "net."), ("net.", ""), ("module.", "net.")):
+    for strip, add in itertools.product(("", "module.", "model.", "net.", "_orig_mod."), ("", "net.")):
         cand = {(add + k[len(strip):] if k.startswith(strip) else k): v for k, v in state.items()}
         if len(wanted & cand.keys()) > len(wanted & best.keys()):
             best = cand
@@ -113,7 +116,12 @@ def adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
 def load_into(model: nn.Module, source: str, arch: str, log=print, field: str = "weights") -> set[str]:
     """Load ``source`` into ``model``; returns the names of the parameters that came from the file."""
     target = model.state_dict()
-    state = _renamed(read_state(source, arch, field), set(target))
+    raw = read_state(source, arch, field)
+    bad = next((k for k, v in raw.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{field}: {source} hold NaN or infinite values (e.g. {bad}), as a diverged training run "
+                        "leaves; give weights saved before it diverged")
+    state = _renamed(raw, set(target))
     head, conv = _classifier_keys(model), _first_conv_key(model)
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     extra = [k for k in state if k not in target]
