@@ -109,8 +109,8 @@ def check_dataset(name: str) -> None:
     if name not in DATASETS:
         import difflib
         close = difflib.get_close_matches(name, DATASETS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown data set '{name}'{hint} Valid: {', '.join(DATASETS)}")
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown data set '{name}'{hint}; valid: {', '.join(DATASETS)}")
 
 
 def load(cfg: DataConfig, seed: int = 0) -> Dataset:
@@ -176,7 +176,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _fashion_candidates(cfg: DataConfig) -> list[Path]:
-    roots = [Path(cfg.root)] if cfg.root else [DEFAULT_ROOT]
+    roots = [Path(cfg.root).expanduser()] if cfg.root else [DEFAULT_ROOT]
     folders = []
     for root in roots:
         folders += [root, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
@@ -184,7 +184,7 @@ def _fashion_candidates(cfg: DataConfig) -> list[Path]:
 
 
 def _fashion(cfg: DataConfig, seed: int) -> Dataset:
-    if cfg.root and not Path(cfg.root).exists():
+    if cfg.root and not Path(cfg.root).expanduser().exists():
         raise UserError(f"data.root {cfg.root} does not exist; fix the path or leave data.root empty")
     folders = _fashion_candidates(cfg)
     for folder in folders:
@@ -195,7 +195,7 @@ def _fashion(cfg: DataConfig, seed: int) -> Dataset:
         if not cfg.download:
             raise UserError(f"Fashion-MNIST not found in {', '.join(map(str, folders))}; "
                             "run 'apt-get install dataset-fashion-mnist' or set data.download=true")
-        folder = _download("FashionMNIST", Path(cfg.root or DEFAULT_ROOT))
+        folder = _download("FashionMNIST", Path(cfg.root or DEFAULT_ROOT).expanduser())
         files = {k: _find_idx(folder, stem) for k, stem in FASHION_FILES.items()}
     arrays = {k: _read_idx(p) for k, p in files.items()}
     if len(arrays["train_x"]) != len(arrays["train_y"]) or len(arrays["test_x"]) != len(arrays["test_y"]):
@@ -232,7 +232,7 @@ def _unpickle(path: Path) -> dict:
 
 
 def _cifar10(cfg: DataConfig, seed: int) -> Dataset:
-    root = Path(cfg.root or DEFAULT_ROOT)
+    root = Path(cfg.root or DEFAULT_ROOT).expanduser()
     folder = root / "cifar-10-batches-py"
     if not (folder / "test_batch").is_file():
         if not cfg.download:

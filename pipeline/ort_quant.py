@@ -24,8 +24,8 @@ def check_method(method: str) -> None:
         import difflib
 
         close = difflib.get_close_matches(method, METHODS, n=1, cutoff=0.3)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown quantize.method '{method}'{hint} Valid: {', '.join(METHODS)}")
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown quantize.method '{method}'{hint}; valid: {', '.join(METHODS)}")
 
 
 def method_order(first: str) -> list[str]:

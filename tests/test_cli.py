@@ -42,7 +42,7 @@ def test_bad_input_is_one_line_and_exit_2(cli, smoke_run, tmp_path):
 
 def test_a_later_stage_typo_stops_the_run_before_the_teacher_trains(cli, smoke_run, tmp_path):
     cases = [
-        ("student.arch=resnet8x", "student.arch: unknown model 'resnet8x'; did you mean 'resnet8'?"),
+        ("student.arch=resnet8x", "student.arch: unknown model 'resnet8x' (did you mean 'resnet8'?)"),
         ("student.arch=mobilenet_v3_small", "set student.width: 1.0"),  # smoke's student width is 0.25
         ("distill.method=kdd", "unknown distillation method 'kdd'"),
         ("adapt.stages=[5]", "adapt.stages has 5, out of range"),

@@ -35,7 +35,7 @@ def test_width_scales_channels():
 
 
 def test_unknown_model_lists_closest():
-    with pytest.raises(UserError, match="did you mean 'resnet20'.*Valid models: resnet8"):
+    with pytest.raises(UserError, match="did you mean 'resnet20'.*valid models: resnet8"):
         models.create("resnet_20", 1, 10)
 
 

@@ -182,6 +182,11 @@ def test_bad_weights_are_one_line_errors(tmp_path, tv_resnet18):
     torch.save({"a": tv_resnet18[1], "b": tv_resnet18[1]}, tmp_path / "two.pt")
     with pytest.raises(UserError, match=r"several state_dicts \(a, b\)"):
         models.create_from("resnet18", 3, 5, weights=str(tmp_path / "two.pt"))
+    with pytest.raises(UserError, match="is a folder; give the weights file in it"):
+        models.create_from("resnet18", 3, 5, weights=str(tmp_path))
+    torch.save({}, tmp_path / "empty.pt")
+    with pytest.raises(UserError, match="holds an empty dict, not a state_dict"):
+        models.create_from("resnet18", 3, 5, weights=str(tmp_path / "empty.pt"))
     torch.save({"epoch": 3}, tmp_path / "none.pt")
     with pytest.raises(UserError, match="holds no state_dict .*keys are epoch"):
         models.create_from("resnet18", 3, 5, weights=str(tmp_path / "none.pt"))

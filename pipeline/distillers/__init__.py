@@ -19,8 +19,8 @@ METHODS = {
 def check(name: str) -> None:
     if name not in METHODS:
         close = difflib.get_close_matches(name, METHODS, n=1, cutoff=0.4)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown distillation method '{name}'{hint} Valid methods: {', '.join(METHODS)}")
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown distillation method '{name}'{hint}; valid methods: {', '.join(METHODS)}")
 
 
 def needs(name: str) -> str | None:

@@ -26,8 +26,8 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {**CIFAR_NETS, **TORCHVISION_NET
 def check_arch(name: str) -> None:
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, REGISTRY, n=1, cutoff=0.4)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown model '{name}'{hint} Valid models: {', '.join(REGISTRY)}")
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown model '{name}'{hint}; valid models: {', '.join(REGISTRY)}")
 
 
 def create(name: str, in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:

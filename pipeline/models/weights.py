@@ -50,11 +50,16 @@ def read_state(source: str, arch: str, field: str = "weights") -> dict[str, torc
             raise UserError(f"{field}: DEFAULT could not download torchvision's {arch} weights ({exc}); "
                             "download the file elsewhere and give its path") from exc
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise UserError(f"{field}: {path} is a folder; give the weights file in it")
     if not path.is_file():
         raise UserError(f"{field}: {path} does not exist; fix the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a non-checkpoint or damaged file
+        if "Unsupported global" in str(exc) and "numpy" in str(exc):
+            raise UserError(f"{field}: {path} holds numpy arrays; save torch tensors instead "
+                            f"(torch.from_numpy), or {HOW}") from exc
         if "Unsupported global" in str(exc):  # torch.save(model): a pickled nn.Module, which could run any code
             raise UserError(f"{field}: {path} holds a whole pickled model, which compress does not unpickle "
                             f"(weights_only=True); load it where it was made and {HOW}") from exc
@@ -80,8 +85,9 @@ def _tensors(obj, where: str) -> dict[str, torch.Tensor]:
     usual names first, else the only dict of tensors in it)."""
     if _is_state(obj):
         return obj
-    if not isinstance(obj, dict):
-        raise UserError(f"{where} holds a {type(obj).__name__}, not a state_dict; {HOW}")
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(f"{where} holds {'an empty dict' if obj == {} else 'a ' + type(obj).__name__}, not a "
+                        f"state_dict; {HOW}")
     for key in NESTED:
         if _is_state(obj.get(key)):
             return obj[key]
