@@ -90,7 +90,7 @@ def _split_folders(root: Path) -> dict[str, Path]:
     """The train/, val/ and test/ folders of ``root`` (none: the flat layout), checked to make a layout."""
     names = {p.name for p in root.iterdir() if p.is_dir()}
     misnamed = sorted(n for n in names if n.lower() in SPLITS and n not in SPLITS)
-    if misnamed:
+    if misnamed and all(n.lower() in SPLITS for n in names):  # not a class named Train beside Bus and Car
         raise UserError(f"{', '.join(n + '/' for n in misnamed)} in {root} must be lower case; rename to "
                         f"{', '.join(n.lower() + '/' for n in misnamed)}")
     given = {s: root / s for s in SPLITS if s in names}

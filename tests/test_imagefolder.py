@@ -140,6 +140,11 @@ def test_a_folder_that_makes_no_sound_classifier_says_what_to_fix(tmp_path, make
         imagefolder.scan(tmp_path / "photos", 0.1, 0.1, 0)
 
 
+def test_a_class_named_train_is_a_class_in_the_flat_layout(tmp_path):
+    _folder(tmp_path / "photos", classes=("Train", "bus"), n=6)
+    assert imagefolder.scan(tmp_path / "photos", 0.1, 0.1, 0).classes == ["Train", "bus"]
+
+
 def test_root_may_start_with_a_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     _folder(tmp_path / "photos", n=6)
