@@ -75,16 +75,32 @@ def validate(doc, source: str) -> dict:
             raise UserError(f"{source}: row {i} needs 'artifact' and a status of ok or failed")
         if row["status"] != "ok":
             continue
+        numbers = {k: row.get(k) for k in ("top1", "top5", "bytes", "peak_rss_mb")}
+        latency = row.get("latency") or {}
+        if not isinstance(latency, dict) or not all(isinstance(v, dict) for v in latency.values()):
+            raise UserError(f"{source}: row {i} ({row['artifact']}) has a latency that is not a table of timings; "
+                            "the file is damaged")
+        numbers.update({f"latency.{k}.{m}": v.get(m) for k, v in latency.items() for m in ("p50_ms", "mean_ms")})
+        bad = next((k for k, v in numbers.items() if v is not None and not _is_number(v)), None)
+        if bad:
+            raise UserError(f"{source}: row {i} ({row['artifact']}) has {bad} = {numbers[bad]!r}, not a number; "
+                            "the file is damaged")
         if doc["machine"].get("emulated"):
-            if not isinstance(row.get("top1"), (int, float)):
+            if not _is_number(row.get("top1")):
                 raise UserError(f"{source}: row {i} ({row['artifact']}) is ok but has no top1")
-        elif not isinstance(row.get("latency", {}).get("one_thread", {}).get("p50_ms"), (int, float)):
+        elif not _is_number(latency.get("one_thread", {}).get("p50_ms")):
             raise UserError(f"{source}: row {i} ({row['artifact']}) is ok but has no latency.one_thread.p50_ms")
     return doc
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load_results(path: Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the results.json in it")
     if not path.is_file():
         raise UserError(f"{path} does not exist; give the results.json a device run wrote")
     try:
@@ -334,6 +350,9 @@ def add(run, files: list[Path], max_drop: float) -> list[Path]:
     doc = load_results(bench / "results.json")
     docs = [load_results(f) for f in files]  # check them all before writing anything
     for f, d in zip(files, docs):
+        if (d["machine"]["device"], d.get("created")) == (doc["machine"]["device"], doc.get("created")):
+            raise UserError(f"{f} is this run's own benchmark/results.json, already in the report; give the "
+                            "results.json a board or phone wrote")
         if d["run"]["run_id"] != doc["run"]["run_id"]:
             raise UserError(f"{f} was measured on the models of run {d['run']['run_id']}, not this run's "
                             f"{doc['run']['run_id']}; rebuild the bundle from this run and measure again")

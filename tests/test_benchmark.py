@@ -120,6 +120,9 @@ def test_recommendation_reads_validation_where_measured():
 @pytest.mark.parametrize("broken, message", [
     ({"schema": "other/1"}, "not a compress results file"), ({"rows": "x"}, "'rows' is missing"),
     ({"rows": [{"artifact": "a", "status": "ok"}]}, "no latency"), ({"run": {}}, "run_id"),
+    ({"rows": [{**_row("a", 0.5, 1.0), "top1": "abc"}]}, r"has top1 = 'abc', not a number"),
+    ({"rows": [{**_row("a", 0.5, 1.0), "latency": {"one_thread": None}}]}, "latency that is not a table"),
+    ({"rows": [{**_row("a", 0.5, 1.0), "latency": None}]}, "no latency.one_thread.p50_ms"),
 ])
 def test_validate_rejects_wrong_files(broken, message):
     doc = {**_doc("pi", "r", [_row("a", 0.5, 1.0)]), **broken}
@@ -150,8 +153,9 @@ def test_report_add_merges_and_refuses_other_runs(tmp_path, cli):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema": "something/else"}))
     before = (run.root / "benchmark" / "report.md").read_text()
+    own = run.root / "benchmark" / "results.json"
     for wrong, message in ((other, "was measured on the models of run another-run"), (bad, "schema"),
-                           (tmp_path / "none.json", "does not exist")):
+                           (tmp_path / "none.json", "does not exist"), (own, "this run's own")):
         result = cli("-r", str(run.root), "-c", "smoke", "report", "--add", str(pi), "--add", str(wrong))
         assert result.exit_code == 2 and message in result.output
         assert (run.root / "benchmark" / "report.md").read_text() == before  # nothing written
