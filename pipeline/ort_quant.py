@@ -49,11 +49,15 @@ def sensitive_nodes(proto) -> list[str]:
 
 
 def _reader(x: np.ndarray, input_name: str, batch: int = 32):
+    """Calibration batches, all of one shape: the Entropy and Percentile calibrators stack every batch's
+    outputs into one array, so a short last batch breaks them. Up to ``batch - 1`` images are left out."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    usable = len(x) if len(x) <= batch else len(x) // batch * batch
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{input_name: x[i:i + batch]} for i in range(0, len(x), batch)])
+            self.batches = iter([{input_name: x[i:i + batch]} for i in range(0, usable, batch)])
 
         def get_next(self):
             return next(self.batches, None)

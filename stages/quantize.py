@@ -119,6 +119,11 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
             gate(entry, attempts, evaluate, inp, qcfg.max_drop, final)
         finally:
             pre.unlink(missing_ok=True)
+        if target != "dynamic" and entry["chosen"]["method"] != qcfg.method:
+            first = entry["attempts"][0]
+            why = first.get("error") or f"{first.get('drop_points')} points drop > quantize.max_drop {qcfg.max_drop}"
+            ctx.console.print(f"[yellow]{name}: calibrated with {entry['chosen']['method']}, not quantize.method "
+                              f"{qcfg.method} ({why})[/yellow]", highlight=False)
         proto = onnx_tools.load(final)
         onnx_tools.set_metadata(proto, {**inp.meta, "format": name, "quantization": entry["chosen"]})
         onnx_tools.save(proto, final)

@@ -205,3 +205,20 @@ def test_converter_crash_fails_only_tflite(good, monkeypatch):
     for p in ("fp32", "fp16", "int8"):
         assert arts[f"tflite_{p}"]["status"] == "failed" and "exited with" in arts[f"tflite_{p}"]["reason"]
     assert isinstance(ctx.error, UserError)
+
+
+@pytest.mark.parametrize("method", ["Entropy", "Percentile"])
+def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(tmp_path, method):
+    """100 images = 3 batches of 32 + 4: those calibrators stack every batch's outputs, so a short last
+    batch failed them with 'inhomogeneous shape' and the gate quietly fell back to MinMax."""
+    import numpy as np
+
+    from pipeline import ort_quant
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    x = torch.randn(100, 1, 8, 8)
+    conv(x[:1])
+    src = tmp_path / "m.onnx"
+    torch.onnx.export(conv.eval(), x[:1], src, input_names=["input"], dynamic_axes={"input": {0: "n"}}, dynamo=False)
+    ort_quant.static(src, tmp_path / "q.onnx", x.numpy().astype(np.float32), "x86", method, True, [])
+    assert (tmp_path / "q.onnx").stat().st_size > 0
