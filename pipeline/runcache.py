@@ -19,6 +19,8 @@ from pipeline.store import atomic_json, sha256
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Put ``src``'s content at ``dst`` atomically: a hard link if the disk allows, else a copy."""
+    if dst.exists() and os.path.samefile(src, dst):  # already that file: renaming a link onto it does nothing
+        return
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:

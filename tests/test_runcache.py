@@ -129,3 +129,17 @@ def test_the_students_budget_does_not_retrain_the_module_but_its_shape_does(tmp_
     assert adapt_print("student.width=0.5") != base
     assert adapt_print("student.arch=resnet20") != base
     assert adapt_print("adapt.lr=0.01") != base
+
+
+def test_restoring_onto_the_same_hard_link_leaves_no_temp_file(tmp_path):
+    """rename() of one link onto another link of the same file does nothing, leaving the temp name behind."""
+    import os
+
+    from pipeline import runcache
+
+    src, dst = tmp_path / "object", tmp_path / "run" / "model.onnx"
+    dst.parent.mkdir()
+    src.write_bytes(b"model")
+    os.link(src, dst)
+    runcache._link_or_copy(src, dst)
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["model.onnx"]
