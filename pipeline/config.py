@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = check(17, ge=13, le=21)
+    opset: int = check(17, ge=17, le=21)
     parity_images: int = check(1000, ge=1)
     max_abs_diff: float = check(1e-3, gt=0.0)
     min_top1_agreement: float = check(1.0, gt=0.0, le=1.0)
@@ -229,6 +230,8 @@ def _coerce(key: str, value, hint):
         return tuple(_coerce(key, v, inner) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
+        return float(value)  # 1e-3: YAML 1.1 (PyYAML) reads exponents without a dot as strings
     if hint is object or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise UserError(f"config key '{key}' expects {hint.__name__}, got {value!r}")
@@ -337,6 +340,9 @@ def _check_whole(cfg: Config) -> Config:
     """Rules that span keys: a student always trains; a teacher that does not needs weights to start from."""
     if cfg.student.epochs < 1:
         raise UserError(f"config key 'student.epochs' = {cfg.student.epochs} is out of range; it must be >= 1")
+    if not cfg.quantize.targets and not cfg.quantize.tflite:
+        raise UserError("quantize.targets and quantize.tflite are both empty; list at least one artifact, "
+                        "e.g. quantize.targets: [x86]")
     if cfg.teacher.epochs == 0 and not cfg.teacher.weights:
         raise UserError("teacher.epochs is 0 (use the weights as given) but teacher.weights is empty; "
                         "give a weights file or train for at least one epoch")

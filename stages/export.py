@@ -32,8 +32,6 @@ def run(ctx) -> list[Path]:
     from pipeline.errors import UserError
 
     ecfg = ctx.cfg.export
-    if ecfg.opset < 17:
-        raise UserError(f"export.opset {ecfg.opset} is too old; use 17 or newer")
     model, ckpt, ds, x, ref = reference(ctx)
     meta = onnx_tools.model_metadata(ckpt, section_hash(ctx.cfg))
     out = artifacts.path_of(ctx, "onnx_fp32")

@@ -75,11 +75,23 @@ def test_section_hash_changes_with_content():
     ("teacher.schedule=cosin", "'teacher.schedule' = 'cosin' is not allowed (did you mean 'cosine'?)"),
     ("quantize.targets=[x86, arn]", "'quantize.targets' = 'arn' is not allowed"),
     ("adapt.stages=[-1]", "'adapt.stages' = -1 is out of range"),
+    ("export.opset=16", "'export.opset' = 16 is out of range; it must be >= 17"),
+    ("teacher.lr=1e-x", "expects float, got '1e-x'"),
 ])
 def test_out_of_range_values_name_the_key_value_and_range(item, message):
     with pytest.raises(UserError) as info:
         config.load("smoke", [item])
     assert message in str(info.value)
+
+
+def test_nothing_to_quantize_is_an_error():
+    with pytest.raises(UserError, match="quantize.targets and quantize.tflite are both empty"):
+        config.load("smoke", ["quantize.targets=[]", "quantize.tflite=[]"])
+
+
+def test_exponents_without_a_dot_are_floats():
+    cfg = config.load("smoke", ["teacher.lr=1e-3", "student.lr=2E-2", "adapt.lr=5e+0"])
+    assert (cfg.teacher.lr, cfg.student.lr, cfg.adapt.lr) == (0.001, 0.02, 5.0)
 
 
 def test_edges_of_a_range_are_accepted():
