@@ -38,7 +38,10 @@ def artifacts(run_root: Path, manifest: dict) -> list[dict]:
     out = []
     for item in items:
         path = Path(run_root) / item["stage"] / item.pop("file")
-        entry = manifest["stages"].get(item["stage"], {}).get("metrics", {}).get("artifacts", {}).get(item["format"])
+        made = manifest["stages"].get(item["stage"], {}).get("metrics", {}).get("artifacts")
+        if made is not None and item["format"] not in made:  # not asked for by this run's config (quantize.tflite)
+            continue
+        entry = (made or {}).get(item["format"])
         if entry and entry.get("status") != "ok" and item["artifact"] == item["format"]:
             out.append({**item, "status": "failed", "reason": f"{item['stage']}: {entry.get('reason', 'failed')}"})
         elif not path.is_file():

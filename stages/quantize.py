@@ -195,6 +195,10 @@ def run(ctx) -> list[Path]:
                                ("tflite", qcfg.tflite, ("fp32", "fp16", "int8"))):
         if set(values) - set(valid):
             raise UserError(f"quantize.{key} {list(values)} holds unknown entries; valid: {', '.join(valid)}")
+    wanted = {f"onnx_int8_{t}" for t in qcfg.targets} | {f"tflite_{p}" for p in qcfg.tflite}
+    for fmt in artifacts.formats.FORMATS:  # a file an earlier config asked for must not pass for this run's
+        if fmt.stage == ctx.name and fmt.name not in wanted:
+            artifacts.path_of(ctx, fmt.name).unlink(missing_ok=True)
     inp = Inputs(ctx, artifacts.upstream(ctx, "onnx_simplified"))
     ctx.metrics.update(fp32_test_top1=round(inp.ref_test_top1, 5), gate_split=inp.split,
                        **{f"fp32_{inp.split}_top1": round(inp.ref_top1, 5)})

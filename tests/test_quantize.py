@@ -222,3 +222,20 @@ def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(tm
     torch.onnx.export(conv.eval(), x[:1], src, input_names=["input"], dynamic_axes={"input": {0: "n"}}, dynamo=False)
     ort_quant.static(src, tmp_path / "q.onnx", x.numpy().astype(np.float32), "x86", method, True, [])
     assert (tmp_path / "q.onnx").stat().st_size > 0
+
+
+def test_artifacts_an_earlier_config_asked_for_are_removed(tmp_path):
+    """Otherwise the benchmark, the bundle and predict take a file of an older student for this run's."""
+    cfg = smoke_config(*NO_TFLITE, "quantize.targets=[dynamic]")
+    run = prepared(tmp_path, cfg)
+    stale = [run.root / "quantize" / n for n in ("onnx_int8_x86.onnx", "tflite_fp32.tflite")]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"an older student's model")
+    ctx = quantize(run, cfg)
+    assert ctx.error is None and list(ctx.metrics["artifacts"]) == ["onnx_int8_dynamic"]
+    assert not any(p.exists() for p in stale)
+    from pipeline import report
+
+    listed = {a["artifact"] for a in report.artifacts(run.root, {"stages": {"quantize": {"metrics": ctx.metrics}}})}
+    assert "onnx_int8_dynamic" in listed and not listed & {"onnx_int8_x86", "tflite_fp32", "tflite_int8"}
