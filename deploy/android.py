@@ -6,8 +6,10 @@ for the same file (``accuracy_source``). Its median becomes p50; it prints no p9
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from pipeline.errors import UserError
 
 DELEGATES = {"xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"],
              "none": ["--use_xnnpack=false"]}
-_NUM = r"([-+0-9.eE]+)"
+_NUM = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 STATS = re.compile(r"count=(\d+) first=\S+ curr=\S+ min=\S+ max=\S+ avg=" + _NUM + r" std=\S+"
                    r"(?: p5=" + _NUM + r" median=" + _NUM + r" p95=" + _NUM + r")?")
 SUMMARY = re.compile(r"Inference timings in us: Init: " + _NUM + r", First inference: " + _NUM)
@@ -36,15 +38,21 @@ class Adb:
 
     def __call__(self, *args: str, check: bool = True) -> str:
         cmd = [self.path, *(["-s", self.serial] if self.serial else []), *args]
+        # its own process group, so that a timeout also stops what adb started; bytes that are not UTF-8
+        # (a vendor's log) are replaced, not fatal
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout)
+            out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             raise UserError(f"the device did not answer '{' '.join(args[:2])}' within {self.timeout:.0f} s; "
                             "check the cable and 'adb devices'") from None
         if check and proc.returncode != 0:
-            last = (proc.stderr or proc.stdout).strip().splitlines()
+            last = (err or out).strip().splitlines()
             raise UserError(f"adb {' '.join(args[:2])} failed: {last[-1] if last else proc.returncode}")
-        return proc.stdout + proc.stderr
+        return out + err
 
     def device(self) -> str:
         """The serial to use: the configured one if attached, else the only device attached."""
@@ -89,7 +97,7 @@ def machine(adb: Adb, serial: str) -> dict:
     prop = lambda key: adb("shell", "getprop", key, check=False).strip()  # noqa: E731
     cores = adb("shell", "cat", "/sys/devices/system/cpu/present", check=False).strip()
     count = int(cores.split("-")[-1]) + 1 if re.fullmatch(r"\d+(-\d+)?", cores) else None
-    model = prop("ro.product.model") or "android"
+    model = " ".join(prop("ro.product.model").split()) or "android"  # one line: it heads a report column
     return {"device": f"{model} ({serial})", "cpu": prop("ro.soc.model") or prop("ro.board.platform"),
             "cores": count, "arch": prop("ro.product.cpu.abi"), "os": f"Android {prop('ro.build.version.release')}",
             "python": None, "runtimes": {"benchmark_model": "TFLite benchmark_model"}}
@@ -137,6 +145,7 @@ def bench(run, cfg, acfg, names: list[str]) -> Path:
     host = {r["artifact"]: r for r in report.load_results(results)["rows"]}
     adb = Adb(acfg)
     serial = adb.device()
+    phone = machine(adb, serial)  # first: a phone that stops answering later must not cost the timings taken
     rows = []
     for fmt in fmts:
         local = run.root / fmt.stage / fmt.filename()
@@ -148,7 +157,7 @@ def bench(run, cfg, acfg, names: list[str]) -> Path:
             rows.append({**base, "status": "ok", **bench_one(adb, acfg, local, host.get(fmt.name))})
         except UserError as exc:  # this model failed on the phone; the others are still measured
             rows.append({**base, "status": "failed", "reason": str(exc)})
-    doc = results_doc(report.run_info(run.root), machine(adb, serial), {"android": dataclasses.asdict(acfg)}, rows)
+    doc = results_doc(report.run_info(run.root), phone, {"android": dataclasses.asdict(acfg)}, rows)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "android.json"
         path.write_text(json.dumps(doc))

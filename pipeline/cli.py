@@ -301,7 +301,7 @@ def bundle_cmd(
 def bench_android(
     artifacts: Annotated[Optional[list[str]], typer.Argument(help="tflite_* formats (default: all written).")] = None,
     binary: Annotated[Optional[str], typer.Option(help="benchmark_model path on the phone.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Threads of the all-cores run.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads of the all-cores run.")] = None,
     delegate: Annotated[Optional[str], typer.Option(help="xnnpack | gpu | nnapi | none.")] = None,
     serial: Annotated[Optional[str], typer.Option(help="adb device serial.")] = None,
 ):

@@ -38,7 +38,7 @@ elif args[:2] == ["shell", "getprop"]:
 elif args[:2] == ["shell", "cat"]:
     print("0-7")
 elif args[0] == "shell":
-    sys.stdout.write(open(os.environ["FAKE_ADB_LOG"]).read())
+    sys.stdout.buffer.write(open(os.environ["FAKE_ADB_LOG"], "rb").read())
 """
 
 
@@ -126,3 +126,22 @@ def test_only_tflite_models(phone):
     cfg = config_mod.load("smoke")
     with pytest.raises(UserError, match="tflite models only"):
         android.bench(run, cfg, cfg.android, ["onnx_fp32"])
+
+
+def test_odd_phone_output_fails_one_row_not_the_command(phone, monkeypatch, tmp_path):
+    """A vendor log with bytes that are not UTF-8 still parses; a malformed number fails that model only."""
+    run, _ = phone
+    good = (FIXTURES / "benchmark_model_xnnpack.txt").read_bytes()
+    noisy = tmp_path / "noisy.txt"
+    noisy.write_bytes(b"\xff\xfe vendor banner \x80\n" + good)
+    monkeypatch.setenv("FAKE_ADB_LOG", str(noisy))
+    cfg = config_mod.load("smoke")
+    android.bench(run, cfg, cfg.android, ["tflite_int8"])
+    device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
+    assert device["rows"][0]["status"] == "ok"
+    broken = tmp_path / "broken.txt"
+    broken.write_text(good.decode().replace("avg=", "avg=1.2.", 2))
+    monkeypatch.setenv("FAKE_ADB_LOG", str(broken))
+    android.bench(run, cfg, cfg.android, ["tflite_int8"])
+    device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
+    assert device["rows"][0]["status"] == "failed" and "benchmark_model failed" in device["rows"][0]["reason"]
