@@ -209,9 +209,17 @@ def status():
 def gc(keep: Annotated[int, typer.Option(min=0, help="Cached variants to keep per stage, newest first (the one "
                                          "the run folder uses is always kept).")] = 0):
     """Free the run-cache: keep only what the run folder uses (and the --keep newest variants of each stage)."""
+    from pipeline.store import RunDir
+
     cfg, run = _setup()
+    if not run.root.is_dir():
+        raise UserError(f"run folder {run.root} does not exist; give the one to clean with --run-dir")
     with run.locked():
-        current = {name: e["fingerprint"] for name, e in run.manifest()["stages"].items() if "fingerprint" in e}
+        current: dict[str, set[str]] = {}
+        for root in run.cache.users() | {str(run.root.resolve())}:  # a shared cache keeps every run's in use
+            if (Path(root) / "manifest.json").is_file():
+                for name, e in RunDir(Path(root)).manifest()["stages"].items():
+                    current.setdefault(name, set()).add(e.get("fingerprint"))
         removed, freed = run.cache.gc(keep, current)
     console.print(f"removed {removed} cached variant(s), freed {freed / 2**20:.1f} MB", highlight=False)
 

@@ -49,6 +49,18 @@ class RunCache:
             obj.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(src, obj)
         atomic_json(self._entry_path(stage, entry["fingerprint"]), entry)
+        self._register(run_root)
+
+    def _register(self, run_root: Path) -> None:
+        """Remember ``run_root`` as a user of this cache: gc keeps what every user's manifest points to."""
+        if str(Path(run_root).resolve()) not in self.users():
+            atomic_json(self.root / "runs.json", sorted(self.users() | {str(Path(run_root).resolve())}))
+
+    def users(self) -> set[str]:
+        """The run folders that saved into this cache (several when --cache-dir is shared)."""
+        with contextlib.suppress(OSError, json.JSONDecodeError, TypeError):
+            return set(json.loads((self.root / "runs.json").read_text()))
+        return set()
 
     def lookup(self, stage: str, fingerprint: str) -> dict | None:
         """The cached entry for this fingerprint if every object is there with the right content, else None."""
@@ -68,6 +80,7 @@ class RunCache:
             target = run_root / out["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(self._object(out["sha256"]), target)
+        self._register(run_root)
 
     def variants(self, stage: str) -> list[dict]:
         """Cached entries of ``stage``, newest first."""
@@ -82,14 +95,15 @@ class RunCache:
     def size(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "objects").rglob("*") if p.is_file())
 
-    def gc(self, keep: int, current: dict[str, str]) -> tuple[int, int]:
-        """Drop all but the ``keep`` newest entries of each stage (``current``: stage -> fingerprint in use, always
-        kept), then the objects no entry needs. Returns (entries removed, bytes freed on disk)."""
+    def gc(self, keep: int, current: dict[str, set[str]]) -> tuple[int, int]:
+        """Drop all but the ``keep`` newest entries of each stage (``current``: stage -> fingerprints in use by
+        the runs sharing the cache, always kept), then the objects no entry needs. Returns (entries removed,
+        bytes freed on disk)."""
         removed = 0
         wanted: set[str] = set()
         for stage_dir in (self.root / "stages").glob("*"):
             for i, entry in enumerate(self.variants(stage_dir.name)):
-                if i < keep or current.get(stage_dir.name) == entry["fingerprint"]:
+                if i < keep or entry["fingerprint"] in current.get(stage_dir.name, ()):
                     wanted.update(o["sha256"] for o in entry["outputs"])
                 else:
                     self._entry_path(stage_dir.name, entry["fingerprint"]).unlink()

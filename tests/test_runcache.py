@@ -78,6 +78,19 @@ def test_a_shared_cache_dir_serves_another_run_folder(cli, tmp_path):
     assert _outputs(tmp_path / "two", "teacher") == _outputs(tmp_path / "one", "teacher")
 
 
+def test_gc_on_a_shared_cache_keeps_what_the_other_runs_use(cli, tmp_path):
+    shared = ["-c", "smoke", "--cache-dir", str(tmp_path / "cache")]
+    assert cli(*shared, "-r", str(tmp_path / "one"), "teacher").exit_code == 0
+    assert cli(*shared, "-r", str(tmp_path / "two"), "--set", "teacher.lr=0.05", "teacher").exit_code == 0
+    assert cli(*shared, "-r", str(tmp_path / "three"), "teacher").exit_code == 0  # restored from one's entry
+    result = cli(*shared, "-r", str(tmp_path / "one"), "gc")
+    assert result.exit_code == 0 and "removed 0 cached variant(s)" in result.output
+    assert len(RunDir(tmp_path / "one", tmp_path / "cache").cache.variants("teacher")) == 2
+    assert cli(*shared, "-r", str(tmp_path / "two"), "status").exit_code == 0
+    missing = cli(*shared, "-r", str(tmp_path / "typo"), "gc")
+    assert missing.exit_code == 2 and "does not exist" in missing.output and not (tmp_path / "typo").exists()
+
+
 def test_import_graph_of_the_stages():
     quantize = codegraph.closure("stages.quantize")
     teacher = codegraph.closure("stages.teacher")
