@@ -106,11 +106,12 @@ def load_results(path: Path) -> dict:
         raise UserError(f"{path} is a folder; give the results.json in it")
     if not path.is_file():
         raise UserError(f"{path} does not exist; give the results.json a device run wrote")
+    own = path.parent.name == "benchmark" and (path.parent.parent / "manifest.json").is_file()  # a run's own
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not JSON ({exc.__class__.__name__}); give the results.json a device run "
-                        "wrote") from exc
+        raise UserError(f"{path} is not JSON ({exc.__class__.__name__}); " + (
+            "rerun 'compress all' to rebuild it" if own else "give the results.json a device run wrote")) from exc
     return validate(doc, str(path))
 
 

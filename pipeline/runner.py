@@ -172,11 +172,15 @@ class Runner:
             raise UserError(f"unknown stage '{force}' for --force; stages are: {', '.join(self.stages)}")
         if is_main_process():
             self.run.create()
+        if force is not None and force not in selected and self.stages.index(force) > self.stages.index(selected[-1]):
+            raise UserError(f"--force {force} comes after the last stage selected ({selected[-1]}); nothing would "
+                            "rerun: drop --to or force an earlier stage")
         forced = set(self.stages[self.stages.index(force):]) if force else set()
         states = self.states(self.run.manifest())
         for name in self.stages[:self.stages.index(selected[0])]:
             if states[name] != "done":
-                raise UserError(f"stage '{name}' is not done; run without --from, or 'compress {name}' first")
+                raise UserError(f"stage '{name}' is {'not done' if states[name] == 'missing' else 'stale'}; run "
+                                f"without --from, or 'compress {name}' first")
         to_run = [n for n in selected if n in forced or states[n] != "done"]
         if to_run:
             preflight.check(self.cfg, to_run)

@@ -148,6 +148,11 @@ def test_from_and_to(tmp_path, fake_stages):
     assert [row[1] for row in r.status_rows()] == ["done", "missing"]
     r.run_all(r.select(start="second"))
     assert [row[1] for row in r.status_rows()] == ["done", "done"]
+    changed = _runner(tmp_path, "seed=3")
+    with pytest.raises(UserError, match="stage 'first' is stale"):
+        changed.run_all(changed.select(start="second"))
+    with pytest.raises(UserError, match="--force second comes after the last stage selected"):
+        r.run_all(r.select(to="first"), force="second")
 
 
 def test_manifest_records_outputs_timing_and_environment(tmp_path, fake_stages):
