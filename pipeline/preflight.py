@@ -24,7 +24,7 @@ def image_shape(dcfg) -> tuple[int, int]:
     return channels, dcfg.image_size or size
 
 
-def _net(section: str, tcfg, channels: int, size: int):
+def _check_net(section: str, tcfg) -> None:
     from pipeline import models
 
     try:
@@ -34,7 +34,6 @@ def _net(section: str, tcfg, channels: int, size: int):
     if tcfg.arch in models.TORCHVISION_NETS and tcfg.width != 1.0:
         raise UserError(f"{section}.width is {tcfg.width}, but {tcfg.arch} comes from torchvision at its "
                         f"published width only; set {section}.width: 1.0")
-    return models.create(tcfg.arch, channels, 2, tcfg.width)
 
 
 def check(cfg, stages: list[str]) -> None:
@@ -45,8 +44,11 @@ def check(cfg, stages: list[str]) -> None:
     if not {"teacher", "adapt", "distill"} & set(stages):
         return
     distillers.check(cfg.distill.method)
-    channels, size = image_shape(cfg.data)
-    teacher = _net("teacher", cfg.teacher, channels, size)
-    student = _net("student", cfg.student, channels, size)
-    if "adapt" in stages:
+    _check_net("teacher", cfg.teacher)
+    _check_net("student", cfg.student)
+    if "adapt" in stages:  # only the module's pairing needs the nets built
+        from pipeline import models
+
+        channels, size = image_shape(cfg.data)
+        teacher, student = (models.create(t.arch, channels, 2, t.width) for t in (cfg.teacher, cfg.student))
         adaptive.plan(teacher, student, cfg.adapt.stages, channels, size)
