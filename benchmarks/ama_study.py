@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/ama_study.py --root /work/study/default -c default [--seeds 5] [--jobs 2]
     .venv/bin/python benchmarks/ama_study.py --root /work/study/study -c study --report-only [--seeds-from 5]
+    python3 benchmarks/ama_study.py --root /tmp/long -c study --only 0 --only 16 --split --jobs 10   (a GPU)
 
 Trains the teacher and the adaptive module once (ROOT/base), then runs the groups below in parallel processes,
 each in its own copy of the base run (ROOT/g<k>), through `compress compare`'s own training (compare.train_all),
 so every run is resumable and keyed by the same fingerprint. Groups that change adapt.* retrain the module in
 their copy. Finally the runs that share the base module are gathered into ROOT/all and tabled with
 `compress compare`'s table (ROOT/all/compare/compare.md); each adapt.* group gets its own table beside its runs.
-Nothing is trained twice: the student alone runs once and is copied where a table needs it.
+Nothing is trained twice: the student alone runs once and is copied where a table needs it. With --split every
+(entry, seed) is its own process, for a GPU that many processes share (benchmarks/ama_study_gpu.sh).
 """
 from __future__ import annotations
 
@@ -73,12 +75,18 @@ def worker(args) -> None:
     from pipeline.store import RunDir
 
     adapt, entries = GROUPS[args.group]
-    compare.train_all(_load(args, adapt), RunDir(args.root / f"g{args.group}"), Console(), list(entries))
+    if args.entry is not None:
+        entries = entries[args.entry:args.entry + 1]
+    compare.train_all(_load(args, adapt), RunDir(args.root / f"g{args.group}"), Console(), list(entries),
+                      only=args.seed_index)
 
 
-def _spawn(args, k: int, log: Path) -> subprocess.Popen:
+def _spawn(args, job: tuple, log: Path) -> subprocess.Popen:
+    k, *split = job
     cmd = [sys.executable, __file__, "--root", str(args.root), "-c", args.config, "--seeds", str(args.seeds),
            "--group", str(k), *_sets(args.set)]
+    if split:  # one entry of the group, one seed
+        cmd += ["--entry", str(split[0]), "--seed-index", str(split[1])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
@@ -107,21 +115,27 @@ def run_groups(args) -> None:
     r = _checked_base(args)
     r.run_all(r.select(to="adapt"))
     base = r.run
-    todo = list(args.only) if args.only else list(range(len(GROUPS)))  # in the order given
-    for k in todo:
+    groups = list(args.only) if args.only else list(range(len(GROUPS)))  # in the order given
+    for k in groups:
         _copy_run(base.root, args.root / f"g{k}")
-    running: dict[int, subprocess.Popen] = {}
-    deadline = time.time() + args.budget_s
+    # --split: one process per (group, entry, seed), seeds outermost, so finished seeds pair early
+    todo: list[tuple] = [(k, e, s) for s in range(args.seeds) for k in groups for e in range(len(GROUPS[k][1]))] \
+        if args.split else [(k,) for k in groups]
+    running: dict[tuple, tuple[subprocess.Popen, float]] = {}
+    deadline = args.t0 + args.budget_s
+    longest = 0.0  # the longest job so far: none is started that would end past the deadline
     while todo or running:
-        while todo and len(running) < args.jobs and time.time() < deadline:
-            k = todo.pop(0)
-            running[k] = _spawn(args, k, args.root / f"g{k}.log")
-            print(f"started group {k}: {GROUPS[k]}", flush=True)
-        for k, p in list(running.items()):
+        while todo and len(running) < args.jobs and time.time() + longest < deadline:
+            job = todo.pop(0)
+            running[job] = _spawn(args, job, args.root / ("g" + "_".join(map(str, job)) + ".log")), time.time()
+            print(f"started {job}: {GROUPS[job[0]]}", flush=True)
+        for job, (p, t0) in list(running.items()):
             if p.poll() is not None:
-                print(f"group {k} finished with {p.returncode}", flush=True)
-                del running[k]
-        if time.time() > deadline:
+                longest = max(longest, time.time() - t0)
+                print(f"{job} finished with {p.returncode} after {time.time() - t0:.0f} s", flush=True)
+                del running[job]
+        if todo and time.time() + longest >= deadline:
+            print(f"budget: {len(todo)} jobs not started", flush=True)
             todo.clear()
         time.sleep(2)
 
@@ -211,13 +225,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=2, help="groups trained at once")
     ap.add_argument("--only", type=int, action="append", help="run only these group numbers")
-    ap.add_argument("--budget-s", type=float, default=1e9, help="start no group after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=1e9,
+                    help="start no job that would end (judged by the longest job so far) later than this many "
+                    "seconds after the study started (teacher and module included)")
+    ap.add_argument("--split", action="store_true", help="one process per entry and seed, not per group")
     ap.add_argument("--rebuild-base", action="store_true", help="retrain a teacher or module that is stale")
     ap.add_argument("--group", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--entry", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--seed-index", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="only table what has finished")
     ap.add_argument("--seeds-from", type=int, default=0,
                     help="also table the runs of seeds K and later on their own (ROOT/all/compare/seeds_from_K.md)")
     args = ap.parse_args()
+    args.t0 = time.time()
     bad = [k for k in args.only or () if not 0 <= k < len(GROUPS)]
     if bad:
         ap.exit(2, f"error: no group {bad[0]}; groups are 0-{len(GROUPS) - 1} (GROUPS in {Path(__file__).name})\n")

@@ -94,9 +94,11 @@ def report(cfg, run_dir, console, results: dict[str, list[dict]]) -> dict:
     return summary
 
 
-def train_all(cfg, run_dir, console, methods: list[str], train: bool = True) -> dict[str, list[dict]]:
+def train_all(cfg, run_dir, console, methods: list[str], train: bool = True,
+              only: int | None = None) -> dict[str, list[dict]]:
     """Every entry of ``methods`` x ``compare.seeds`` seeds (finished runs are read back); {entry: [result]}.
-    With ``train=False`` runs that are not finished are left out instead of trained."""
+    With ``train=False`` runs that are not finished are left out instead of trained; ``only=k`` keeps seed index k
+    alone (one process per seed, as benchmarks/ama_study.py --split runs them)."""
     from pipeline import data, distillers, runner as runner_mod
     from pipeline.distillers.train import epochs_to, load_adapted_for, load_teacher, train_student
 
@@ -112,7 +114,7 @@ def train_all(cfg, run_dir, console, methods: list[str], train: bool = True) -> 
     adapted = load_adapted_for(root / "adapt" / "adapted.pt", cfg, teacher, ds) if "adapted" in sides else None
     out = run_dir.stage_dir("compare")
     results: dict[str, list[dict]] = {e: [] for e in entries}
-    for k in range(cfg.compare.seeds):  # seeds outermost: a partial comparison still covers every method
+    for k in range(cfg.compare.seeds) if only is None else [only]:  # seeds outermost: a partial run still pairs
         seed = cfg.seed + k
         for entry, (method, ecfg) in entries.items():
             folder = out / folder_name(entry) / f"seed{seed}"

@@ -80,3 +80,32 @@ def test_ama_study_never_retrains_a_stale_base(cli, tmp_path):
     assert (tmp_path / "base" / "teacher" / "model.pt").read_bytes() == teacher  # untouched
     same = subprocess.run([*cmd, "--report-only"], capture_output=True, text=True)
     assert same.returncode == 0, same.stderr
+
+
+@pytest.mark.slow
+def test_ama_study_split_trains_each_seed_in_its_own_process_with_the_same_result(tmp_path):
+    """--split runs every (entry, seed) as its own process; a seed so trained matches the one-process run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sets = [a for t in TINY for a in ("--set", t)]
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ama_study.py"
+    base = [sys.executable, str(script), "-c", "smoke", *sets, "--seeds", "2", "--only", "16"]
+    split = subprocess.run([*base, "--root", str(tmp_path / "split"), "--split", "--jobs", "2"],
+                           capture_output=True, text=True)
+    assert split.returncode == 0, split.stderr
+    for entry, e in (("student", 0), ("kd", 1)):  # group 16 is (student, kd): 2 entries x 2 seeds, 4 processes
+        for seed in (0, 1):
+            log = (tmp_path / "split" / f"g16_{e}_{seed}.log").read_text()
+            trained = {(m, k) for m in ("student", "kd") for k in (0, 1) if f"compare: {m}, seed {k}" in log}
+            assert trained == {(entry, seed)}
+    one = subprocess.run([*base, "--root", str(tmp_path / "one")], capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    for entry in ("student", "kd"):
+        for seed in (0, 1):
+            got = [json.loads((tmp_path / r / "g16" / "compare" / entry / f"seed{seed}" / "result.json").read_text())
+                   for r in ("split", "one")]
+            assert got[0]["fingerprint"] == got[1]["fingerprint"]
+            curves = [[(h["train_loss"], h["val_top1"]) for h in g["history"]] for g in got]  # not the timings
+            assert got[0]["test_top1"] == got[1]["test_top1"] and curves[0] == curves[1]
