@@ -76,11 +76,12 @@ def main() -> None:
                 fontsize=8)
     ax.axvline(0, color="k", lw=0.8, ls="--")
     ax.set_yticks(range(len(rows)), [f"{r['label']} (n={len(r['diffs'])})" for r in reversed(rows)], fontsize=8)
-    ax.set_xlabel("test top-1 minus Hinton KD, same seed (points); dots: seeds; blue: mean, 95% interval")
+    ax.set_xlabel("test top-1 minus Hinton KD, same seed (points); dots: seeds; blue: mean, 95% interval",
+                  fontsize=8)
     ax.set_title("Does the adaptive module's hint beat KD?", fontsize=10)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=130)
+    fig.savefig(args.out, dpi=130, bbox_inches="tight")  # the p-values sit outside the axes
     print(f"wrote {args.out}")
 
 
