@@ -242,7 +242,11 @@ _RULES = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
 
 
 def _check_range(key: str, value, rule: dict) -> None:
-    """Raise if ``value`` (or any item of a list value) breaks the field's declared range or choices."""
+    """Raise if ``value`` (or any item of a list value) breaks the field's declared range or choices, or a list
+    names an item twice (an artifact built and timed twice, a method trained twice)."""
+    if isinstance(value, tuple) and len(set(value)) < len(value):
+        twice = next(v for v in value if value.count(v) > 1)
+        raise UserError(f"config key '{key}' lists {twice!r} twice; give each at most once")
     for item in value if isinstance(value, tuple) else (value,):
         if "choices" in rule and item not in rule["choices"]:
             valid = ", ".join(map(str, rule["choices"]))
@@ -343,6 +347,12 @@ def _check_whole(cfg: Config) -> Config:
     if not cfg.quantize.targets and not cfg.quantize.tflite:
         raise UserError("quantize.targets and quantize.tflite are both empty; list at least one artifact, "
                         "e.g. quantize.targets: [x86]")
+    if 0 < cfg.data.image_size < 8:
+        raise UserError(f"config key 'data.image_size' = {cfg.data.image_size} is too small; give 8 or more "
+                        "(0 keeps the data set's own size)")
+    if not cfg.bundle.runtime.strip():
+        raise UserError("bundle.runtime is empty; give the pip requirement of the TFLite runtime the board installs, "
+                        "e.g. tflite-runtime==2.14.0")
     if cfg.teacher.epochs == 0 and not cfg.teacher.weights:
         raise UserError("teacher.epochs is 0 (use the weights as given) but teacher.weights is empty; "
                         "give a weights file or train for at least one epoch")

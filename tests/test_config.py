@@ -77,6 +77,12 @@ def test_section_hash_changes_with_content():
     ("adapt.stages=[-1]", "'adapt.stages' = -1 is out of range"),
     ("export.opset=16", "'export.opset' = 16 is out of range; it must be >= 17"),
     ("teacher.lr=1e-x", "expects float, got '1e-x'"),
+    ("quantize.targets=[x86, x86]", "'quantize.targets' lists 'x86' twice"),
+    ("bundle.formats=[tflite_int8, onnx_fp32, tflite_int8]", "'bundle.formats' lists 'tflite_int8' twice"),
+    ("adapt.stages=[1, 1]", "'adapt.stages' lists 1 twice"),
+    ("compare.methods=[student, kd, kd]", "'compare.methods' lists 'kd' twice"),
+    ("data.image_size=7", "'data.image_size' = 7 is too small; give 8 or more"),
+    ("bundle.runtime=' '", "bundle.runtime is empty"),
 ])
 def test_out_of_range_values_name_the_key_value_and_range(item, message):
     with pytest.raises(UserError) as info:
@@ -95,8 +101,9 @@ def test_exponents_without_a_dot_are_floats():
 
 
 def test_edges_of_a_range_are_accepted():
-    cfg = config.load("smoke", ["data.train_subset=0", "benchmark.max_drop=0", "teacher.momentum=0"])
-    assert cfg.data.train_subset == 0 and cfg.benchmark.max_drop == 0.0
+    cfg = config.load("smoke", ["data.train_subset=0", "benchmark.max_drop=0", "teacher.momentum=0",
+                                "data.image_size=8"])
+    assert cfg.data.train_subset == 0 and cfg.benchmark.max_drop == 0.0 and cfg.data.image_size == 8
 
 
 def test_a_binary_file_as_config_is_a_clear_error():
