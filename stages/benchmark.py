@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 NAME = "benchmark"
 SECTIONS = ("seed", "data", "benchmark")
 UPSTREAM = ("teacher", "distill", "export", "simplify", "quantize")
@@ -107,12 +109,25 @@ def run(ctx) -> list[Path]:
                                                                         "meta", "path", "val_data")})
                 ctx.console.print(runner._line(rows[-1]), highlight=False)
                 progress.advance(task)
+    check_measured(rows, cfg.benchmark.timeout_s)
     doc = runner.results_doc(report.run_info(ctx.run.root), runner.machine_info(), settings(cfg.benchmark), rows)
     outputs = report.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
     best = report.recommended(report.table(doc, report.device_docs(ctx.dir)), cfg.benchmark.max_drop)
     ctx.metrics.update(run_id=doc["run"]["run_id"], recommended=best.get(doc["machine"]["device"]),
                        rows={r["artifact"]: _summary(r) for r in rows})
     return outputs
+
+
+def check_measured(rows: list[dict], timeout_s: float) -> None:
+    """Stop, with nothing recorded as done, when no artifact could be measured: a table of failures is no result."""
+    if any(r["status"] == "ok" for r in rows):
+        return
+    if rows and all(r.get("reason", "").startswith("timed out") for r in rows):
+        raise UserError(f"benchmark: every artifact timed out after {timeout_s:.0f} s; raise benchmark.timeout_s or "
+                        "lower benchmark.min_runs and benchmark.min_seconds, then rerun 'compress benchmark'")
+    reasons = "; ".join(f"{r['artifact']}: {r.get('reason') or 'no reason recorded'}" for r in rows[:3])
+    raise UserError(f"benchmark: no artifact could be measured ({reasons}{'; ...' if len(rows) > 3 else ''}); "
+                    "fix the first reason and rerun 'compress benchmark'")
 
 
 def _summary(row: dict) -> dict:

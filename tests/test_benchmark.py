@@ -209,3 +209,16 @@ def test_missing_runtime_fails_that_row_only(tmp_path):
                                    "meta": {"mean": [0.5], "std": [0.5]}})
     assert row["status"] == "failed" and row["reason"] == ("error: onnxruntime is not installed: "
                                                            "pip install onnxruntime")
+
+
+def test_a_benchmark_that_measured_nothing_stops_with_what_to_do():
+    from stages.benchmark import check_measured
+
+    ok, slow = {"artifact": "torch_fp32", "status": "ok"}, {"artifact": "onnx_fp32", "status": "failed",
+                                                             "reason": "timed out after 5 s"}
+    check_measured([ok, slow], 5)  # one measured artifact is a result
+    with pytest.raises(UserError, match="every artifact timed out after 5 s; raise benchmark.timeout_s"):
+        check_measured([slow, {**slow, "artifact": "tflite_fp32"}], 5)
+    broken = {"artifact": "tflite_int8", "status": "failed", "reason": "error: ai_edge_litert is not installed"}
+    with pytest.raises(UserError, match=r"no artifact could be measured \(onnx_fp32: timed out.*tflite_int8: error"):
+        check_measured([slow, broken], 5)
