@@ -288,8 +288,11 @@ def bundle_cmd(
     from deploy import bundle as bundle_mod
 
     cfg, run = _setup()
-    path = bundle_mod.build(run, cfg, list(fmt or cfg.bundle.formats),
-                            cfg.bundle.images if images is None else images, out, skip_missing=not fmt)
+    if not run.root.is_dir():
+        raise UserError(f"run folder {run.root} does not exist; run 'compress all' first or give --run-dir")
+    with run.locked():  # a running 'compress all' may be replacing the models
+        path = bundle_mod.build(run, cfg, list(fmt or cfg.bundle.formats),
+                                cfg.bundle.images if images is None else images, out, skip_missing=not fmt)
     console.print(f"wrote {path}", highlight=False)
     if check_arm:
         from deploy import arm_check

@@ -142,3 +142,14 @@ def test_pi_venv_accuracy_equals_the_benchmark_stage(tflite_run, tmp_path, pi_py
             assert abs(row["top1"] - expected["top1"]) <= 0.01, (row["artifact"], row["top1"], expected["top1"])
     report.add(tflite_run, [tmp_path / "pi.json"], cfg.benchmark.max_drop)
     assert "test-board" in (tflite_run.root / "benchmark" / "report.md").read_text()
+
+
+def test_bundle_refuses_a_run_in_use_and_a_missing_run_folder(tflite_run, cli, tmp_path):
+    """A running 'compress all' may be replacing the models: bundle refuses (exit 2) and leaves no tar.gz."""
+    with tflite_run.locked():
+        result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", "--out", str(tmp_path / "b.tar.gz"))
+    assert result.exit_code == 2 and "is in use by pid" in result.output, result.output
+    assert not (tmp_path / "b.tar.gz").exists()
+    missing = cli("-c", "smoke", "-r", str(tmp_path / "nowhere"), "bundle")
+    assert missing.exit_code == 2 and "does not exist; run 'compress all' first" in missing.output
+    assert not (tmp_path / "nowhere").exists()
