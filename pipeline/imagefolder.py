@@ -213,7 +213,6 @@ def decode_one(path: str, size: int) -> np.ndarray | None:
 
     try:
         with Image.open(path) as img:
-            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale no smaller than size
             return fit(img, (size, size))
     except Exception:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, ...)
         return None

@@ -246,6 +246,16 @@ def test_exif_orientation_is_applied(tmp_path, decoder):
     assert out[0, 0, 0] > 200 > out[0, 0, 2] and out[-1, 0, 2] > 200 > out[-1, 0, 0]
 
 
+def test_predict_and_the_training_decode_give_the_same_pixels_for_a_large_jpeg(tmp_path):
+    """Both decode a JPEG at a reduced scale (PIL's draft) before the resize: without it in predict, the two
+    resample from different sources and differ by several levels."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (600, 900, 3), np.uint8)).resize((1800, 1200)).save(tmp_path / "big.jpg")
+    decoded = imagefolder.decode_one(str(tmp_path / "big.jpg"), 64)
+    predicted = predict.load_image(tmp_path / "big.jpg", 3, (64, 64)).transpose(1, 2, 0)
+    assert np.array_equal(decoded, predicted)
+
+
 def test_image_size_upsamples_in_memory_sets():
     cfg = DataConfig(dataset="synthetic", synthetic_train=64, synthetic_test=16, synthetic_size=16, image_size=40)
     ds = data.load(cfg, seed=0)
