@@ -142,9 +142,10 @@ def scan(root: Path, test_fraction: float, val_fraction: float, seed: int) -> Sc
         raise UserError(f"data.root '{root}' is not a folder; point it at a folder with one subfolder of images "
                         "per class (or train/ and val/ folders of those); for a demo folder run "
                         "'python benchmarks/make_photo_folder.py data/photos'")
+    root = root.resolve()  # a symlink and its target are one folder: one decode cache entry, not two evicting
     given = _split_folders(root)
     top = given.get("train", root)
-    result = Scan(_classes(top), {}, root=str(root.resolve()))
+    result = Scan(_classes(top), {}, root=str(root))
     if len(result.classes) < 2:
         raise UserError(f"{top} has {len(result.classes)} class folder(s) {result.classes}; a classifier needs two "
                         "or more: put the images in one subfolder per class")

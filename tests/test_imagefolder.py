@@ -151,15 +151,13 @@ def test_root_may_start_with_a_tilde(tmp_path, monkeypatch):
     assert imagefolder.scan(Path("~/photos"), 0.1, 0.1, 0).root == str(tmp_path / "photos")
 
 
-def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monkeypatch):
+def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path):
     root = tmp_path / "photos"
     _folder(root, n=12)
     first = data.load(_cfg(root, tmp_path), seed=0)
-    calls = []
-    real = imagefolder.decode_one
-    monkeypatch.setattr(imagefolder, "decode_one", lambda *a: calls.append(a) or real(*a))
+    decoded = _entries(tmp_path / "cache")
     second = data.load(_cfg(root, tmp_path), seed=0)
-    assert calls == [] and torch.equal(first.train_x, second.train_x)  # nothing decoded again
+    assert _entries(tmp_path / "cache") == decoded and torch.equal(first.train_x, second.train_x)  # not decoded again
     storage = second.train_x.untyped_storage().data_ptr()  # every split is a view of one memory map, not a copy
     assert second.val_x.untyped_storage().data_ptr() == storage == second.test_x.untyped_storage().data_ptr()
     _photo(root / "cat" / "000.png", (255, 255, 255))  # same name, new content and mtime
@@ -177,6 +175,22 @@ def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monk
     assert len(entries()) == 3 and len(set(entries()) - set(kept)) == 1  # only the 24 px entry was replaced
     on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file())
     assert imagefolder.cache_usage(tmp_path / "cache") == (3, on_disk)
+
+
+def _entries(cache: Path) -> dict[str, int]:
+    """Decode-cache entries with their index.json's inode: a rebuilt entry gets a new one."""
+    return {p.parent.name: p.stat().st_ino for p in cache.glob("*/index.json")}
+
+
+def test_a_symlinked_folder_shares_its_targets_decode(tmp_path):
+    root = tmp_path / "photos"
+    _folder(root, n=12)
+    (tmp_path / "link").symlink_to(root)
+    first = data.load(_cfg(root, tmp_path), seed=0)
+    entries = _entries(tmp_path / "cache")
+    for folder in (tmp_path / "link", root):  # neither decodes again nor evicts the other's entry
+        assert torch.equal(data.load(_cfg(folder, tmp_path), seed=0).train_x, first.train_x)
+        assert _entries(tmp_path / "cache") == entries
 
 
 def test_status_shows_the_decode_cache(cli, tmp_path):
