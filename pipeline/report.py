@@ -219,6 +219,16 @@ def story(rows: list[dict], device: str) -> list[str]:
     return lines
 
 
+def method_note(method: str | None) -> list[str]:
+    """What is known of the distillation method the run used, beside what this run measured (issue #9)."""
+    if method != "ama":
+        return []
+    return ["- Method: the adaptive module (`ama`) has not beaten plain Hinton KD in our measurements: on "
+            "Fashion-MNIST it ties KD on every budget, teacher and student tried (docs/method.md). "
+            "`compress compare` measures both on your data: "
+            "`--set 'compare.methods=[student,kd,ama]'`."]
+
+
 def splits(rows: list[dict]) -> list[str]:
     """Validation beside test top-1 for the rows measured on both: the recommendation reads the first, the
     table above shows the second."""
@@ -251,7 +261,7 @@ def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
     if failed := failures(rows):
         out += ["", "Failed:", ""] + [f"- {line}" for line in failed]
     out += splits(rows)
-    out += ["", "## What it says", ""] + story(rows, m["device"])
+    out += ["", "## What it says", ""] + story(rows, m["device"]) + method_note(doc["run"].get("method"))
     out += [f"- Recommended on {dev}: **{art}**." for dev, art in best.items()] or ["- No artifact is within "
                                                                                    f"{max_drop} points."]
     return "\n".join(out) + "\n"

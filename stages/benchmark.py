@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.errors import UserError
 
 NAME = "benchmark"
-SECTIONS = ("seed", "data", "benchmark")
+SECTIONS = ("seed", "data", "distill", "benchmark")  # distill: the method named in the report
 UPSTREAM = ("teacher", "distill", "export", "simplify", "quantize")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,8 @@ def run(ctx) -> list[Path]:
                 ctx.console.print(runner._line(rows[-1]), highlight=False)
                 progress.advance(task)
     check_measured(rows, cfg.benchmark.timeout_s)
-    doc = runner.results_doc(report.run_info(ctx.run.root), runner.machine_info(), settings(cfg.benchmark), rows)
+    doc = runner.results_doc({**report.run_info(ctx.run.root), "method": cfg.distill.method}, runner.machine_info(),
+                             settings(cfg.benchmark), rows)
     outputs = report.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
     best = report.recommended(report.table(doc, report.device_docs(ctx.dir)), cfg.benchmark.max_drop)
     ctx.metrics.update(run_id=doc["run"]["run_id"], recommended=best.get(doc["machine"]["device"]),

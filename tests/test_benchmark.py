@@ -191,6 +191,7 @@ def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
         assert lat["one_thread"]["runs"] >= cfg.benchmark.min_runs and lat["all_cores"]["threads"] >= 1
         assert rows[name]["peak_rss_mb"] > 0 and rows[name]["throughput"]["images_per_s"] > 0
     assert doc["machine"]["cores"] and doc["machine"]["runtimes"]["onnxruntime"]
+    assert doc["run"]["method"] == cfg.distill.method == "ama"  # so the report says what is known of it
     text = (run.root / "benchmark" / "report.md").read_text()
     assert all(f"| {name}" in text for name in rows) and "Distillation: teacher" in text
     assert (run.root / "benchmark" / "pareto.png").read_bytes()[:4] == b"\x89PNG"

@@ -39,6 +39,15 @@ def test_device_rows_show_how_many_images_they_were_measured_on():
     assert "| tflite_int8 | host | 92.10 | 10000 |" in md and "| tflite_int8 | pi4 | 93.80 | 1000 |" in md
 
 
+def test_a_run_distilled_with_ama_says_plainly_that_it_ties_kd():
+    doc = _doc([_row("tflite_int8", 0.921, 0.2)])
+    assert "Hinton KD" not in report.markdown(doc, [], 0.5)  # method not recorded (an older results.json)
+    doc["run"]["method"] = "ama"
+    assert "- Method: the adaptive module (`ama`) has not beaten plain Hinton KD" in report.markdown(doc, [], 0.5)
+    doc["run"]["method"] = "kd"
+    assert "Hinton KD" not in report.markdown(doc, [], 0.5)
+
+
 def test_numbers_of_coinciding_points_do_not_overlap():
     from pipeline.plots import _pyplot
 
