@@ -154,7 +154,9 @@ def metadata(path: Path) -> dict:
             if entry.Name() == METADATA_NAME.encode():
                 return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
     except Exception as exc:  # a damaged flatbuffer raises struct/index errors
-        raise UserError(f"{path} is not a readable TFLite file ({type(exc).__name__}); rebuild it") from exc
+        detail = str(exc)[:100] or type(exc).__name__
+        raise UserError(f"{path} is damaged or cut short (its TFLite flatbuffer cannot be read: {detail}); rerun "
+                        "'compress all' to rebuild it") from exc
     return {}
 
 

@@ -153,3 +153,14 @@ def test_bundle_refuses_a_run_in_use_and_a_missing_run_folder(tflite_run, cli, t
     missing = cli("-c", "smoke", "-r", str(tmp_path / "nowhere"), "bundle")
     assert missing.exit_code == 2 and "does not exist; run 'compress all' first" in missing.output
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_cut_short_tflite_file_says_so_and_how_to_rebuild_it(tflite_dir, tmp_path):
+    from pipeline import tflite_tools
+
+    cut = tmp_path / "tflite_int8.tflite"
+    whole = (tflite_dir / "tflite_int8.tflite").read_bytes()
+    cut.write_bytes(whole[:64])  # cut before its root table: nothing can be read
+    with pytest.raises(UserError, match=r"is damaged or cut short \(its TFLite flatbuffer cannot be read: "
+                                        r"unpack_from .*\); rerun 'compress all' to rebuild it"):
+        tflite_tools.metadata(cut)
