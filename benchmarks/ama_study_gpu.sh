@@ -8,7 +8,7 @@
 # result.json; the tables (compare.md, claims.md, epochs.md, compare.json) are made there at the end.
 # Fashion-MNIST must be in data/fashion-mnist (copy /usr/share/datasets/fashion-mnist/*.gz there).
 set -u
-OUT=${OUT:-/tmp/ama_gpu_out}; ROOT=${ROOT:-/tmp/ama_long}; BUDGET=${BUDGET:-500}; JOBS=${JOBS:-16}
+OUT=${OUT:-/tmp/ama_gpu_out}; ROOT=${ROOT:-/tmp/ama_long}; BUDGET=${BUDGET:-500}; JOBS=${JOBS:-12}
 T_EPOCHS=${T_EPOCHS:-30}; S_EPOCHS=${S_EPOCHS:-20}; PY=${PY:-python3}
 SETS=(--set teacher.arch=wrn16_4 --set "teacher.epochs=$T_EPOCHS" --set "student.epochs=$S_EPOCHS"
       --set student.precision=fp32 ${EXTRA:-})  # EXTRA: more --set options (a dry run on a CPU, say)
