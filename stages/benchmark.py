@@ -123,6 +123,8 @@ def check_measured(rows: list[dict], timeout_s: float) -> None:
     """Stop, with nothing recorded as done, when no artifact could be measured: a table of failures is no result."""
     if any(r["status"] == "ok" for r in rows):
         return
+    if not rows:
+        raise UserError("benchmark: the run has no model to measure; run 'compress all' first")
     if rows and all(r.get("reason", "").startswith("timed out") for r in rows):
         raise UserError(f"benchmark: every artifact timed out after {timeout_s:.0f} s; raise benchmark.timeout_s or "
                         "lower benchmark.min_runs and benchmark.min_seconds, then rerun 'compress benchmark'")

@@ -218,6 +218,8 @@ def test_a_benchmark_that_measured_nothing_stops_with_what_to_do():
     ok, slow = {"artifact": "torch_fp32", "status": "ok"}, {"artifact": "onnx_fp32", "status": "failed",
                                                              "reason": "timed out after 5 s"}
     check_measured([ok, slow], 5)  # one measured artifact is a result
+    with pytest.raises(UserError, match="no model to measure"):
+        check_measured([], 5)
     with pytest.raises(UserError, match="every artifact timed out after 5 s; raise benchmark.timeout_s"):
         check_measured([slow, {**slow, "artifact": "tflite_fp32"}], 5)
     broken = {"artifact": "tflite_int8", "status": "failed", "reason": "error: ai_edge_litert is not installed"}
