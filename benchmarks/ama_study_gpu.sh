@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue #9's long schedule on one GPU, in one call: a WRN-16-4 teacher (T_EPOCHS, crop+flip), the adaptive module,
+# Issue #9's long schedule on one GPU, in one call: a WRN-16-4 teacher (T_EPOCHS, crop+flip), the adaptive module
+# (A_EPOCHS; the tenth session's 2 left the adapted teacher 6.8 points below the original),
 # then student / ama(kd_target=original) / kd / ama (the paper's reading) for 5 seeds at S_EPOCHS student epochs,
 # every (method, seed) its own process (benchmarks/ama_study.py --split), JOBS at a time, under CUDA MPS when the
 # machine allows it (the small kernels of many processes then share the SMs instead of taking turns).
@@ -9,13 +10,15 @@
 # Fashion-MNIST must be in data/fashion-mnist (copy /usr/share/datasets/fashion-mnist/*.gz there).
 set -u
 OUT=${OUT:-/tmp/ama_gpu_out}; ROOT=${ROOT:-/tmp/ama_long}; BUDGET=${BUDGET:-500}; JOBS=${JOBS:-12}
-T_EPOCHS=${T_EPOCHS:-30}; S_EPOCHS=${S_EPOCHS:-20}; PY=${PY:-python3}
+T_EPOCHS=${T_EPOCHS:-30}; S_EPOCHS=${S_EPOCHS:-20}; A_EPOCHS=${A_EPOCHS:-2}; PY=${PY:-python3}
 SETS=(--set teacher.arch=wrn16_4 --set "teacher.epochs=$T_EPOCHS" --set "student.epochs=$S_EPOCHS"
+      --set "adapt.epochs=$A_EPOCHS"
       --set student.precision=fp32 ${EXTRA:-})  # EXTRA: more --set options (a dry run on a CPU, say)
 START=$(date +%s)
 mkdir -p "$OUT" "$ROOT"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 nvidia-smi -L
+grep -m1 "model name" /proc/cpuinfo; nproc  # the machine, for the results table
 smoke() {  # the real path on 2048 images, one epoch each: stops a broken setup within a minute or two
   timeout 150 $PY benchmarks/ama_study.py --root "$ROOT/smoke$1" -c study "${SETS[@]}" --set data.train_subset=2048 \
     --set teacher.epochs=1 --set student.epochs=1 --set adapt.epochs=1 --seeds 1 --split --jobs 4 \
