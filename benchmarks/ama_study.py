@@ -46,6 +46,7 @@ GROUPS: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     ((), (f"ama({ORIG},route_weight=2.0)",)),
     ((), (f"ama({ORIG},route_weight=1.0,hint_weight=0.0)",)),
     ((), (f"ama({ORIG},route_weight=4.0)",)),
+    (("adapt.epochs=10",), ("ama(kd_target=adapted)", f"ama({ORIG})")),  # 21: a module trained 5x longer
 ]
 
 
@@ -161,10 +162,11 @@ def gather(args) -> None:
     tables = [((), ["student", *base_rows], all_dir)]
     for k, (adapt, entries) in enumerate(GROUPS):
         if adapt and (args.root / f"g{k}" / "compare").exists():
-            student = all_dir / "compare" / "student"
-            if student.exists():
-                shutil.copytree(student, args.root / f"g{k}" / "compare" / "student", dirs_exist_ok=True)
-            tables.append((adapt, ["student", *entries], args.root / f"g{k}"))
+            for ref in ("student", "kd"):  # neither uses the module: the base run's are this group's too
+                if (all_dir / "compare" / ref).exists():
+                    shutil.copytree(all_dir / "compare" / ref, args.root / f"g{k}" / "compare" / ref,
+                                    dirs_exist_ok=True)
+            tables.append((adapt, ["student", "kd", *entries], args.root / f"g{k}"))
     for adapt, entries, folder in tables:
         cfg = _load(args, [*adapt, _methods(entries)])
         results = compare.train_all(cfg, RunDir(folder), console, entries, train=False)

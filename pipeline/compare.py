@@ -68,7 +68,7 @@ def _fingerprint(cfg, entry: str, method: str, seed: int, root: Path) -> str:
     inputs = {None: [], "teacher": ["teacher/model.pt"], "adapted": ["teacher/model.pt", "adapt/adapted.pt"]}[side]
     sections = {s: section_hash(getattr(cfg, s)) for s in ("data", "student", "device")}
     sections["distill"] = section_hash(cfg.distill if side else {"augment": cfg.distill.augment})
-    if side:
+    if side == "adapted":
         sections["adapt"] = section_hash(cfg.adapt)
     payload = {"method": entry, "seed": seed, "split_seed": cfg.seed, **sections,
                "inputs": [sha256(root / p) for p in inputs if (root / p).exists()]}

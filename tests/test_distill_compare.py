@@ -109,3 +109,16 @@ def test_ama_study_split_trains_each_seed_in_its_own_process_with_the_same_resul
             assert got[0]["fingerprint"] == got[1]["fingerprint"]
             curves = [[(h["train_loss"], h["val_top1"]) for h in g["history"]] for g in got]  # not the timings
             assert got[0]["test_top1"] == got[1]["test_top1"] and curves[0] == curves[1]
+
+
+def test_a_runs_fingerprint_sees_the_module_settings_only_where_the_method_uses_the_module(tmp_path):
+    """A longer adaptation retrains ama, not kd or fitnets: their finished runs stay valid for the new module."""
+    from pipeline import config
+    from pipeline.compare import _fingerprint
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "model.pt").write_bytes(b"weights")
+    base, longer = (config.load("smoke", sets) for sets in ([], ["adapt.epochs=7"]))
+    for method, moves in (("student", False), ("kd", False), ("fitnets", False), ("ama", True)):
+        prints = {_fingerprint(c, method, method, 0, tmp_path) for c in (base, longer)}
+        assert (len(prints) == 2) == moves, method
