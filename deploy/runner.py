@@ -297,7 +297,7 @@ def measure_isolated(job: dict, timeout: float = 1800) -> dict:
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--job", str(job_file)],
                                   capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
-            return {**base, "status": "failed", "reason": f"timed out after {timeout:.0f} s"}
+            return {**base, "status": "failed", "timed_out": True, "reason": f"timed out after {timeout:.0f} s"}
         if proc.returncode == 0 and out_file.exists():
             return {**base, "status": "ok", **json.loads(out_file.read_text())}
     return {**base, "status": "failed", "reason": _reason(proc)}

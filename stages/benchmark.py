@@ -125,7 +125,7 @@ def check_measured(rows: list[dict], timeout_s: float) -> None:
         return
     if not rows:
         raise UserError("benchmark: the run has no model to measure; run 'compress all' first")
-    if rows and all(r.get("reason", "").startswith("timed out") for r in rows):
+    if all(r.get("timed_out") for r in rows):
         raise UserError(f"benchmark: every artifact timed out after {timeout_s:.0f} s; raise benchmark.timeout_s or "
                         "lower benchmark.min_runs and benchmark.min_seconds, then rerun 'compress benchmark'")
     reasons = "; ".join(f"{r['artifact']}: {r.get('reason') or 'no reason recorded'}" for r in rows[:3])
