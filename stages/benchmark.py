@@ -89,7 +89,7 @@ def jobs(ctx, data_path: Path, ds, val_path: Path | None = None) -> list[dict]:
 def run(ctx) -> list[Path]:
     import tempfile
 
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from deploy import runner
     from pipeline import data, report
@@ -100,7 +100,9 @@ def run(ctx) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="compress-eval-") as tmp:
         val = write_eval_set(Path(tmp) / "val.npz", ds, 0, "val") if len(ds.val_y) else None
         todo = jobs(ctx, write_eval_set(Path(tmp) / "eval.npz", ds, cfg.benchmark.eval_images), ds, val)
-        with Progress(console=ctx.console, transient=True) as progress:
+        # one artifact can time for minutes (min_runs, min_seconds): the spinner and the clock show it is alive
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=ctx.console, transient=True) as progress:
             task = progress.add_task("benchmark", total=len(todo))
             for job in todo:
                 progress.update(task, description=f"benchmark {job['artifact']}")
