@@ -39,6 +39,12 @@ def upstream(mod, cfg) -> tuple[str, ...]:
     return tuple(mod.upstream(cfg)) if hasattr(mod, "upstream") else mod.UPSTREAM
 
 
+def _is_log(path: str) -> bool:
+    """A training log or a picture of one: its timings change on every rerun and no stage reads it, so a stage
+    retrained to the same weights leaves the stages after it done."""
+    return Path(path).name == "metrics.jsonl" or path.endswith(".png")
+
+
 def sections(mod, cfg) -> tuple[str, ...]:
     return tuple(mod.sections(cfg)) if hasattr(mod, "sections") else mod.SECTIONS
 
@@ -116,7 +122,8 @@ class Runner:
             "code": [hashlib.sha256(Path(mod.__file__).read_bytes()).hexdigest(), codegraph.code_hash(mod.__name__)],
             "version": pipeline.__version__,
             "config": {s: _as_json(self.cfg.section(s)) for s in secs},
-            "inputs": {up: [o["sha256"] for o in manifest["stages"].get(up, {}).get("outputs", [])]
+            "inputs": {up: [o["sha256"] for o in manifest["stages"].get(up, {}).get("outputs", [])
+                            if not _is_log(o.get("path", ""))]
                        for up in upstream(mod, self.cfg)},
         }
         if files := {k: self.external(k) for k in _external_keys(self.cfg, secs)}:

@@ -156,3 +156,16 @@ def test_restoring_onto_the_same_hard_link_leaves_no_temp_file(tmp_path):
     os.link(src, dst)
     runcache._link_or_copy(src, dst)
     assert sorted(p.name for p in dst.parent.iterdir()) == ["model.onnx"]
+
+
+def test_a_stage_retrained_to_the_same_weights_leaves_the_next_stages_done(tmp_path):
+    """The teacher's log and curves hold timings that differ on every rerun; only its weights feed adapt."""
+    def manifest(weights, log):
+        return {"stages": {"teacher": {"outputs": [{"path": "teacher/model.pt", "sha256": weights},
+                                                   {"path": "teacher/metrics.jsonl", "sha256": log},
+                                                   {"path": "teacher/curves.png", "sha256": log}]}}}
+
+    r = runner_mod.Runner(config.load("smoke"), RunDir(tmp_path / "run"), Console(quiet=True))
+    first = r.fingerprint("adapt", manifest("w", "timings 1"))
+    assert r.fingerprint("adapt", manifest("w", "timings 2")) == first
+    assert r.fingerprint("adapt", manifest("other weights", "timings 1")) != first
