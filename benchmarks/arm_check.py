@@ -43,7 +43,7 @@ def main() -> None:
     m = doc["machine"]
     print(f"host: {cpu_name()}, {m['cores']} cores; arm64: Debian 12 ({m['os']}), Python {m['python']}, qemu "
           f"{m['qemu']}, runtimes " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()))
-    print(f"host runtimes: " + ", ".join(f"{k} {v}" for k, v in m["host_runtimes"].items() if k != "torch"))
+    print("host runtimes: " + ", ".join(f"{k} {v}" for k, v in m["host_runtimes"].items() if k != "torch"))
     print(f"cache: {'cold (tree built, wheels installed)' if args.cold else 'warm (tree and venv reused)'}\n")
     print(arm_check.summary(rows, times))
     for line in arm_check.problems(rows):

@@ -9,7 +9,6 @@ precision, then the two ratios the pipeline issue asks for.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import tempfile
 import time

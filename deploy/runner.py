@@ -26,8 +26,6 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA = "compress.results/1"
-RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime",), "tflite": ("ai-edge-litert", "tflite-runtime"),
-                    "torch": ("torch",)}
 DEFAULTS = {"warmup_runs": 20, "min_runs": 200, "min_seconds": 2.0, "threads": 0, "throughput_batch": 64,
             "throughput_seconds": 1.0, "eval_batch": 256}
 

@@ -5,7 +5,6 @@ import contextlib
 import errno
 import os
 import signal
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional

@@ -13,13 +13,11 @@ import numpy as np
 from pipeline.errors import UserError
 
 INPUT, OUTPUT = "input", "logits"
-# metadata_props keys; every value is JSON so lists and numbers read back with their types
-META_KEYS = ("arch", "dataset", "classes", "mean", "std", "input_size", "layout", "normalization", "config_hash",
-             "format")
 
 
 def model_metadata(ckpt: dict, config_hash: str) -> dict:
-    """What a device needs to feed the model and read its output, from a checkpoint's meta."""
+    """What a device needs to feed the model and read its output, from a checkpoint's meta (stored as
+    metadata_props, every value JSON so that lists and numbers read back with their types)."""
     meta = ckpt["meta"]
     return {"arch": ckpt["arch"], "dataset": meta.get("dataset", ""), "classes": list(meta["classes"]),
             "mean": list(meta["mean"]), "std": list(meta["std"]),

@@ -3,7 +3,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from pipeline import codegraph, config, runner as runner_mod

@@ -6,8 +6,6 @@ from pipeline.distillers.base import Distiller
 
 
 class StudentAlone(Distiller):
-    needs_teacher = False
-
     def loss(self, x, y, targets):
         logits = self.student(x)
         return losses.ce_loss(logits, y), logits

@@ -23,8 +23,6 @@ from torch import nn
 
 from pipeline.errors import UserError
 
-STRIDES = (2, 4, 8, 16, 32)
-
 
 @dataclass(frozen=True)
 class Row:
