@@ -301,6 +301,9 @@ def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
     from pipeline.plots import _pyplot
 
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
     fig, (ax, key) = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [3, 1.15]})
     pts = sorted((r for r in rows if r["status"] == "ok" and r.get("top1") is not None), key=_p50)
     markers = dict(zip(sorted({r["device"] for r in pts}), "osD^vP<>"))
@@ -310,8 +313,10 @@ def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
     handles = []
     for device, marker in markers.items():
         front = pareto_front([r for r in pts if r["device"] == device])
-        handles += ax.step([_p50(r) for r in front], [100 * r["top1"] for r in front], "--", where="post",
-                           alpha=0.6, label=f"Pareto front, {device}")  # staircase: the faster one's accuracy holds
+        line, = ax.step([_p50(r) for r in front], [100 * r["top1"] for r in front], "--", where="post",
+                        alpha=0.6)  # staircase: the faster one's accuracy holds
+        handles.append(Line2D([], [], ls="--", color=line.get_color(), alpha=0.6, marker=marker, markersize=5,
+                              markerfacecolor="gray", markeredgecolor="gray", label=f"Pareto front, {device}"))
         pick = next((r for r in pts if r["device"] == device and best.get(device) == r["artifact"]), None)
         if pick:
             handles.append(ax.scatter(_p50(pick), 100 * pick["top1"], marker="*", s=300, color="gold",
@@ -319,6 +324,9 @@ def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
     if pts:
         ax.set_xscale("log")
         ax.margins(x=0.12, y=0.12)
+        # plain numbers (0.2, 0.5, 1, 2) instead of 2x10^-1; minor ticks labelled at 2 and 5 only, so none collide
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     ax.set(xlabel="latency p50, batch 1, one thread (ms, log scale)", ylabel="top-1 accuracy (%)",
            title="accuracy against latency (red: PyTorch eager)")
     ax.grid(alpha=0.3, which="both")
