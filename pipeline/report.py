@@ -298,12 +298,12 @@ def _overlap(a, b) -> bool:
 def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
     """Latency (log) against top-1: one numbered point per artifact and device, the key to the numbers beside
     the plot (names do not fit beside points that nearly coincide), the front drawn, the pick starred."""
+    from matplotlib.lines import Line2D  # neither picks a backend: _pyplot still sets Agg first
+    from matplotlib.ticker import FuncFormatter
+
     from pipeline.plots import _pyplot
 
     plt = _pyplot()
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
-
     fig, (ax, key) = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [3, 1.15]})
     pts = sorted((r for r in rows if r["status"] == "ok" and r.get("top1") is not None), key=_p50)
     markers = dict(zip(sorted({r["device"] for r in pts}), "osD^vP<>"))
