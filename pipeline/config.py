@@ -68,6 +68,7 @@ class TrainConfig:
     eval_batch_size: int = check(1000, ge=1)
     weights: str = ""
     backbone_lr: float = check(0.1, gt=0.0, le=1.0)
+    bn_recalibration_images: int = check(4096, ge=0)  # BatchNorm statistics recomputed after each epoch; 0: off
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class AdaptConfig:
     kl_weight: float = check(1.0, ge=0.0)
     feat_weight: float = check(1.0, ge=0.0)
     temperature: float = check(4.0, gt=0.0)
+    bn_recalibration_images: int = check(4096, ge=0)  # the module's BatchNorm statistics, as in training sections
 
 
 @dataclass(frozen=True)

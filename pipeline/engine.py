@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from pipeline import data as data_mod
+from pipeline import batchnorm, data as data_mod
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.store import atomic_write, save_torch
@@ -202,6 +202,7 @@ class FitResult:
     history: list = field(default_factory=list)
     resumed_from: int = 0
     test: dict = field(default_factory=dict)  # test_top1 / test_loss of the final model, measured once
+    bn_check: dict = field(default_factory=dict)  # batchnorm.check of the final model on training images
 
     @property
     def final(self) -> dict:
@@ -252,6 +253,7 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     for epoch in range(start, cfg.epochs):
         stats = _train_epoch(net, opt, sched, scaler, ds, cfg, device, precision, seed, epoch, d,
                              console, f"{label} {epoch + 1}/{cfg.epochs}", augment)
+        stats["bn_seconds"] = recalibrate_bn(model, ds, cfg, seed, d, **held_out)
         row = {"epoch": epoch + 1, **stats, **evaluate(model, ds, "val", **held_out),
                "lr": opt.param_groups[0]["lr"]}
         result.history.append(row)
@@ -266,9 +268,38 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
                 best = row.get("val_top1", -1.0)
                 save_torch({k: v.cpu() for k, v in model.state_dict().items()}, out_dir / "best.pt")
     result.test = evaluate(model, ds, "test", **held_out)
+    if d.main:
+        result.bn_check = check_bn(model, ds, cfg.batch_size, seed, **held_out)
     if d.world > 1:
         dist.barrier()
     return result
+
+
+def recalibrate_bn(model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfig, seed: int, d: Dist, *,
+                   device: torch.device, precision: str, channels_last: bool, **_) -> float:
+    """Recompute ``model``'s BatchNorm statistics over ``cfg.bn_recalibration_images`` training images
+    (pipeline/batchnorm.py), so what is evaluated and saved next is the network that trained. Returns seconds."""
+    started = time.perf_counter()
+
+    def forward(xb):
+        with autocast(device, precision):
+            model(prepare(xb, ds, device, channels_last))
+
+    batchnorm.recalibrate(model, ds.train_x, forward, n=cfg.bn_recalibration_images, batch_size=cfg.batch_size,
+                          seed=seed, rank=d.rank, world=d.world)
+    return time.perf_counter() - started
+
+
+def check_bn(model: nn.Module, ds: data_mod.Dataset, train_batch: int, seed: int, *, device: torch.device,
+             precision: str, channels_last: bool, images: int = 1024, **_) -> dict:
+    """batchnorm.check on up to ``images`` training images, in batches of ``train_batch`` (as in training)."""
+    idx = batchnorm.sample(len(ds.train_y), min(images, len(ds.train_y)), seed + 1)
+
+    def forward(net, xb):
+        with autocast(device, precision):
+            return net(prepare(xb, ds, device, channels_last)).float()
+
+    return batchnorm.check(model, ds.train_x[idx], ds.train_y[idx], forward, batch_size=train_batch)
 
 
 def evaluate(model: nn.Module, ds: data_mod.Dataset, split: str, **predict_kw) -> dict:

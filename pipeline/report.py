@@ -202,21 +202,42 @@ def failures(rows: list[dict]) -> list[str]:
             for r in rows if r["status"] != "ok"]
 
 
+TORCH_NAMES = {"teacher_fp32": "the teacher", "student_alone_fp32": "the student trained alone",
+               REFERENCE: "the distilled student"}
+
+
 def story(rows: list[dict], device: str) -> list[str]:
-    """The three sentences the page is for: what distillation gained, what quantization cost and bought."""
+    """The sentences the page is for: what distillation gained, what quantization cost and bought; none of them
+    drawn from a model whose BatchNorm statistics do not match its weights (pipeline/batchnorm.py)."""
+    from pipeline.batchnorm import stale_line
+
     got = {r["artifact"]: r for r in rows if r["device"] == device and r["status"] == "ok" and r.get("top1")}
-    lines = []
-    if {"teacher_fp32", "student_alone_fp32", REFERENCE} <= set(got):
-        t, s, d = (100 * got[a]["top1"] for a in ("teacher_fp32", "student_alone_fp32", REFERENCE))
-        lines.append(f"- Distillation: teacher {t:.2f}%, student alone {s:.2f}%, distilled student {d:.2f}% "
-                     f"({d - s:+.2f} points from distillation, {d - t:+.2f} vs the teacher).")
+    stale = [line for a, name in TORCH_NAMES.items() if a in got
+             if (line := stale_line(name.capitalize(), got[a].get("bn_check")))]
+    lines = [f"- {line}." for line in stale]
+    trusted = {a: r for a, r in got.items() if not (r.get("bn_check") or {}).get("stale")}
+    if {"teacher_fp32", "student_alone_fp32", REFERENCE} <= set(trusted):
+        lines += distillation(*(100 * trusted[a]["top1"] for a in ("teacher_fp32", "student_alone_fp32", REFERENCE)))
     quant = [r for r in got.values() if r.get("precision", "").startswith("int8") and "drop_pts" in r and timed(r)]
-    if quant and REFERENCE in got and timed(got[REFERENCE]):
+    if quant and REFERENCE in trusted and timed(got[REFERENCE]):
         fast = min(quant, key=_p50)
         lines.append(f"- Quantization: the fastest INT8 model ({fast['artifact']}) costs {fast['drop_pts']:+.2f} "
                      f"points and runs {got[REFERENCE]['latency']['one_thread']['p50_ms'] / _p50(fast):.1f}x "
                      "faster than PyTorch eager (batch 1, one thread).")
     return lines
+
+
+def distillation(t: float, s: float, d: float) -> list[str]:
+    """The distillation line: both students are the same net trained on the same budget and seed, measured in
+    PyTorch fp32 on the same test images, so the difference is what distillation did."""
+    gain = d - s
+    verdict = ("distillation gained" if gain > 0 else "distillation cost" if gain < 0 else "distillation changed")
+    line = (f"- Distillation: distilled student {d:.2f}% against {s:.2f}% for the same student trained alone on the "
+            f"same budget (test top-1, PyTorch fp32): {verdict} {abs(gain):.2f} points; the teacher scored {t:.2f}%.")
+    if t <= s:
+        line += (" The teacher is no better than the student alone, so it has little to teach: train it longer "
+                 "(teacher.epochs) or start from a stronger one (teacher.weights with teacher.epochs: 0).")
+    return [line]
 
 
 def method_note(method: str | None) -> list[str]:

@@ -28,7 +28,7 @@ def _train_config(cfg):
     a, t = cfg.adapt, cfg.teacher
     return TrainConfig(arch=t.arch, width=t.width, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                        schedule="onecycle", precision=t.precision, channels_last=t.channels_last,
-                       eval_batch_size=t.eval_batch_size)
+                       eval_batch_size=t.eval_batch_size, bn_recalibration_images=a.bn_recalibration_images)
 
 
 def run(ctx) -> list[Path]:
@@ -65,7 +65,7 @@ def run(ctx) -> list[Path]:
     ctx.metrics.update(stages=adapted.stages, teacher_top1=original["test"]["test_top1"],
                        teacher_val_top1=original["val"].get("val_top1"),
                        adapted_teacher_top1=result.test["test_top1"], adapted_test_loss=result.test["test_loss"],
-                       adapted_teacher_val_top1=result.final.get("val_top1"),
+                       adapted_teacher_val_top1=result.final.get("val_top1"), adapted_bn_check=result.bn_check,
                        module_params=sum(p.numel() for p in adapted.adapters.parameters()))
     ctx.console.print(f"adapt: teacher {original['test']['test_top1']:.2%} -> adapted teacher "
                       f"{result.test['test_top1']:.2%} on test (stages {adapted.stages})")

@@ -112,6 +112,7 @@ def run(ctx) -> list[Path]:
                 ctx.console.print(runner._line(rows[-1]), highlight=False)
                 progress.advance(task)
     check_measured(rows, cfg.benchmark.timeout_s)
+    attach_bn_checks(rows, ctx.run.manifest()["stages"])
     doc = runner.results_doc({**report.run_info(ctx.run.root), "method": cfg.distill.method}, runner.machine_info(),
                              settings(cfg.benchmark), rows)
     outputs = report.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
@@ -119,6 +120,17 @@ def run(ctx) -> list[Path]:
     ctx.metrics.update(run_id=doc["run"]["run_id"], recommended=best.get(doc["machine"]["device"]),
                        rows={r["artifact"]: _summary(r) for r in rows})
     return outputs
+
+
+def attach_bn_checks(rows: list[dict], stages: dict) -> None:
+    """Give each PyTorch row the BatchNorm check its training stage recorded (pipeline/batchnorm.py), which the
+    report reads before it draws a conclusion from that model."""
+    distill = stages.get("distill", {}).get("metrics", {}).get("bn_check", {})
+    found = {"teacher_fp32": stages.get("teacher", {}).get("metrics", {}).get("bn_check"),
+             "student_alone_fp32": distill.get("baseline"), "torch_fp32": distill.get("student")}
+    for row in rows:
+        if found.get(row["artifact"]):
+            row["bn_check"] = found[row["artifact"]]
 
 
 def check_measured(rows: list[dict], timeout_s: float) -> None:

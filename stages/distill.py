@@ -70,6 +70,7 @@ def _record(ctx, runs: dict, method: str) -> None:
                        baseline_train_loss=b["final_train_loss"], teacher_top1=teacher_top1,
                        adapted_teacher_top1=adapt.get("adapted_teacher_top1"),
                        seconds_per_epoch=s["seconds_per_epoch"], baseline_seconds_per_epoch=b["seconds_per_epoch"],
-                       cache_seconds=s["cache_seconds"], gain_top1=s["test_top1"] - b["test_top1"])
+                       cache_seconds=s["cache_seconds"], gain_top1=s["test_top1"] - b["test_top1"],
+                       bn_check={n: r["bn_check"] for n, r in runs.items()})
     ctx.console.print(f"distill: {method} student {s['test_top1']:.2%}, student alone {b['test_top1']:.2%}",
                       highlight=False)

@@ -193,7 +193,7 @@ def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
     assert doc["machine"]["cores"] and doc["machine"]["runtimes"]["onnxruntime"]
     assert doc["run"]["method"] == cfg.distill.method == "ama"  # so the report says what is known of it
     text = (run.root / "benchmark" / "report.md").read_text()
-    assert all(f"| {name}" in text for name in rows) and "Distillation: teacher" in text
+    assert all(f"| {name}" in text for name in rows) and "Distillation: distilled student" in text
     assert (run.root / "benchmark" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert ctx.metrics["recommended"] in ok
 

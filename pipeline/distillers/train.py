@@ -71,6 +71,7 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
             "final_train_loss": train["loss"], "train_top1": train["top1"],
             "final_task_loss": hist[-1]["train_loss"],
             "seconds_per_epoch": sum(secs) / max(1, len(secs)), "cache_seconds": cache_s,
+            "bn_check": result.bn_check,
             "cache_hits": task.cache.hits if task.cache else 0,
             "cache_misses": task.cache.misses if task.cache else 0}
 

@@ -1,0 +1,196 @@
+"""BatchNorm statistics that match the weights (pipeline/batchnorm.py): a MobileNetV3 (BatchNorm momentum 0.01)
+trained a few steps is reported with recomputed statistics, the same after a kill -9 and resume, the same on
+every DDP rank, and the report's guard fires on a model whose statistics were left stale."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+
+from pipeline import batchnorm, data, models
+from pipeline.config import DataConfig, TrainConfig
+from pipeline.engine import Classifier, evaluate, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = DataConfig(dataset="synthetic", synthetic_train=512, synthetic_test=128, synthetic_channels=3,
+                  synthetic_size=32, val_fraction=0.25)
+
+
+def _train(tmp_path, bn_images: int, epochs: int = 2):
+    ds = data.load(DATA)
+    torch.manual_seed(0)
+    model = models.create("mobilenet_v3_small", 3, 4, 1.0)
+    cfg = TrainConfig(arch="mobilenet_v3_small", epochs=epochs, batch_size=32, lr=0.05, precision="fp32",
+                      channels_last=False, bn_recalibration_images=bn_images)
+    result = fit(Classifier(model), model, ds, cfg, tmp_path, seed=0, fingerprint="f", console=Console(quiet=True))
+    return ds, model, result
+
+
+def _reference_val(ds, state: dict) -> float:
+    """Validation top-1 of ``state`` after torch's own update_bn over every training image (another implementation
+    and four times the images the stage used)."""
+    model = models.create("mobilenet_v3_small", 3, 4, 1.0)
+    model.load_state_dict(state)
+    loader = [ds.normalize(ds.train_x[i:i + 32]) for i in range(0, len(ds.train_y), 32)]
+    torch.optim.swa_utils.update_bn(loader, model)
+    return evaluate(model, ds, "val", batch_size=256)["val_top1"]
+
+
+def test_reported_accuracy_is_that_of_the_recalibrated_checkpoint(tmp_path):
+    ds, model, result = _train(tmp_path / "on", bn_images=128)
+    best = torch.load(tmp_path / "on/best.pt", weights_only=True)
+    reported = max(h["val_top1"] for h in result.history)
+    assert reported == pytest.approx(_reference_val(ds, best), abs=0.02)
+    assert all(h["bn_seconds"] > 0 for h in result.history)
+    assert not result.bn_check["stale"]
+    # the same training without recalibration reports a network that was never trained: the check above can fail
+    ds, model, stale = _train(tmp_path / "off", bn_images=0)
+    last = torch.load(tmp_path / "off/last.pt", weights_only=True)["task"]
+    state = {k.removeprefix("model."): v for k, v in last.items()}
+    assert _reference_val(ds, state) - stale.history[-1]["val_top1"] > 0.2
+    assert stale.bn_check["stale"]
+
+
+def _bn_buffers(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+SCRIPT = """
+import sys, torch
+from rich.console import Console
+sys.path.insert(0, {root!r})
+from tests.test_batchnorm import DATA
+from pipeline import data, models
+from pipeline.config import TrainConfig
+from pipeline.engine import Classifier, fit
+torch.set_num_threads(1)
+ds = data.load(DATA)
+torch.manual_seed(0)
+model = models.create("mobilenet_v3_small", 3, 4, 1.0)
+cfg = TrainConfig(arch="mobilenet_v3_small", epochs=3, batch_size=32, lr=0.05, precision="fp32",
+                  channels_last=False, bn_recalibration_images=128)
+from pathlib import Path
+fit(Classifier(model), model, ds, cfg, Path({out!r}), seed=0, fingerprint="f", console=Console(quiet=True),
+    on_epoch=lambda row: print("epoch", row["epoch"], flush=True))
+"""
+
+
+def _run_fit(out: Path, kill_after_epoch: int | None = None) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(root=str(ROOT), out=str(out))], cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    if kill_after_epoch is not None:
+        for line in proc.stdout:
+            if line.strip() == f"epoch {kill_after_epoch}":
+                # last.pt of this epoch is written right after the callback; kill once it is there
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    state = out / "last.pt"
+                    if state.exists() and torch.load(state, weights_only=True)["epoch"] == kill_after_epoch - 1:
+                        break
+                    time.sleep(0.05)
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    proc.wait(timeout=300)
+    if kill_after_epoch is None:
+        assert proc.returncode == 0
+
+
+def test_kill_9_and_resume_gives_the_same_statistics(tmp_path):
+    _run_fit(tmp_path / "whole")
+    _run_fit(tmp_path / "cut", kill_after_epoch=2)
+    cut = torch.load(tmp_path / "cut/last.pt", weights_only=True)
+    assert cut["epoch"] == 1  # killed during the third epoch
+    _run_fit(tmp_path / "cut")
+    want = _bn_buffers(torch.load(tmp_path / "whole/last.pt", weights_only=True)["task"])
+    got = _bn_buffers(torch.load(tmp_path / "cut/last.pt", weights_only=True)["task"])
+    assert want and all(torch.equal(got[k], v) for k, v in want.items())
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten())
+    images = torch.randn(256, 3, 8, 8) * 3 + 1
+    batchnorm.recalibrate(model, images, model, n=256, batch_size=32, seed=0, rank=rank, world=world)
+    torch.save(_bn_buffers(model.state_dict()), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_every_ddp_rank_gets_the_statistics_one_process_computes(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten())
+    images = torch.randn(256, 3, 8, 8) * 3 + 1
+    batchnorm.recalibrate(model, images, model, n=256, batch_size=32, seed=0)
+    one = _bn_buffers(model.state_dict())
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for k, v in one.items():
+        assert torch.equal(ranks[0][k], ranks[1][k])
+        assert torch.allclose(ranks[0][k], v, atol=1e-5)
+    assert one["1.running_mean"].abs().max() > 0.1  # the statistics moved from their reset values
+
+
+def test_a_frozen_teacher_inside_the_task_keeps_its_statistics():
+    teacher = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    student = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    before = teacher[1].running_mean.clone()
+    both = nn.Sequential(teacher, student)
+    images = torch.randn(64, 3, 8, 8) + 2
+    batchnorm.recalibrate(both, images, lambda x: (teacher(x), student(x)), n=64, batch_size=16, seed=0)
+    assert torch.equal(teacher[1].running_mean, before)
+    assert student[1].running_mean.abs().max() > 0.5
+
+
+def test_the_guard_fires_on_stale_statistics_and_the_report_makes_no_claim_from_them():
+    from pipeline import report
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2))
+    x = torch.randn(256, 3, 8, 8)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    x = x * 5 + 3  # far from the reset statistics (mean 0, variance 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:64]), y[:64]).backward()
+        opt.step()
+    model[1].reset_running_stats()  # deliberately stale
+    chk = batchnorm.check(model, x, y, lambda m, b: m(b), batch_size=64)
+    assert chk["stale"] and chk["batch_top1"] - chk["eval_top1"] > 0.05
+    model.train()
+    batchnorm.recalibrate(model, x, model, n=256, batch_size=64, seed=0)
+    assert not batchnorm.check(model, x, y, lambda m, b: m(b), batch_size=64)["stale"]
+
+    rows = [{"artifact": a, "device": "host", "status": "ok", "top1": t, "precision": "fp32"}
+            for a, t in (("teacher_fp32", 0.87), ("student_alone_fp32", 0.55), ("torch_fp32", 0.85))]
+    rows[1]["bn_check"] = chk
+    lines = report.story(rows, "host")
+    assert any("student trained alone: its BatchNorm statistics do not match" in line for line in lines)
+    assert not any("Distillation:" in line for line in lines)
+    rows[1]["bn_check"] = {**chk, "stale": False}
+    text = " ".join(report.story(rows, "host"))
+    assert "distillation gained 30.00 points" in text
+
+
+def test_the_distillation_line_says_plainly_when_distillation_cost_accuracy():
+    from pipeline import report
+
+    line = report.distillation(85.21, 88.43, 86.99)[0]
+    assert "distillation cost 1.44 points" in line and "teacher is no better than the student alone" in line
+    assert "no better" not in report.distillation(90.0, 88.0, 89.0)[0]
