@@ -27,6 +27,7 @@ def fit(img, size: tuple[int, int], mode: str = "RGB") -> np.ndarray:
     img = img.convert(mode)
     h, w = size
     scale = max(w / img.width, h / img.height)
-    left, top = (img.width - w / scale) / 2, (img.height - h / scale) / 2
+    # clamped: w / scale can exceed the width by a rounding error, and Pillow refuses a negative box offset
+    left, top = max(0.0, (img.width - w / scale) / 2), max(0.0, (img.height - h / scale) / 2)
     box = (left, top, img.width - left, img.height - top)
     return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0))

@@ -308,3 +308,10 @@ def test_whole_chain_on_a_photo_folder_with_torchvision_nets(cli, tmp_path):
 
     dims = onnx.load(str(run / "export" / "onnx_fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1:] == [3, 32, 32]
+
+
+def test_a_photo_whose_crop_box_rounds_past_its_edge_still_decodes(tmp_path):
+    # 94 x 96 at 96 px: 96 / (96 / 94) is a hair above 94, which made a negative box offset Pillow refuses
+    Image.new("RGB", (94, 96), (200, 100, 50)).save(tmp_path / "narrow.jpg")
+    out = imagefolder.decode_one(str(tmp_path / "narrow.jpg"), 96)
+    assert out is not None and out.shape == (96, 96, 3)
