@@ -4,13 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= default
 
-.PHONY: demo test test-slow setup data clean
+.PHONY: demo test test-slow lint setup data clean
 
 demo: setup data
 	$(BIN)/compress --config $(CONFIG) all
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

@@ -73,7 +73,7 @@ def worker(args) -> None:
     from rich.console import Console
 
     from pipeline import compare
-    from pipeline.store import RunDir
+    from pipeline.run.rundir import RunDir
 
     adapt, entries = GROUPS[args.group]
     if args.entry is not None:
@@ -97,8 +97,8 @@ def _checked_base(args):
     since every finished run of the study hangs on those files and retraining them would replace them."""
     from rich.console import Console
 
-    from pipeline import runner as runner_mod
-    from pipeline.store import RunDir
+    from pipeline.run import runner as runner_mod
+    from pipeline.run.rundir import RunDir
 
     base = RunDir(args.root / "base")
     r = runner_mod.Runner(_load(args), base, Console())
@@ -146,7 +146,8 @@ def gather(args) -> None:
     from rich.console import Console
 
     from pipeline import compare
-    from pipeline.store import RunDir, atomic_write
+    from pipeline.files import atomic_write
+    from pipeline.run.rundir import RunDir
 
     console = Console()
     _checked_base(args)

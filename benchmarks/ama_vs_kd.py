@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/ama_vs_kd.py --out benchmarks/results/ama_vs_kd.png \
         "default budget, 10 seeds=/work/study/cpu-default/all/compare/compare.json" \
-        "stronger teacher, hint 2.0=/work/study/cpu-study/all/compare/compare.json:ama(kd_target=original,hint_weight=2.0)"
+        "stronger teacher, hint 2.0="
+        "/work/study/cpu-study/all/compare/compare.json:ama(kd_target=original,hint_weight=2.0)"
 
 Each argument is LABEL=COMPARE_JSON[:METHOD] (METHOD defaults to `ama(kd_target=original)`); the file is the
 compare.json that `compress compare` (or `ama_study.py --report-only`) writes. Runs pair by seed, as in the

@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     from pipeline import compare, config
-    from pipeline.store import RunDir
+    from pipeline.run.rundir import RunDir
 
     cfg = config.load(args.config)
     run = RunDir(args.run_dir or Path("runs") / Path(args.config).stem)

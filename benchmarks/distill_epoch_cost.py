@@ -21,8 +21,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from pipeline import adaptive, config, data, distillers, models
-from pipeline.engine import fit, pick_device
+from pipeline import config, data, models
+from pipeline.distill import adaptive
+from pipeline.distill import methods as distillers
+from pipeline.train.devices import pick_device
+from pipeline.train.engine import fit
 
 
 def _subset(ds, n):

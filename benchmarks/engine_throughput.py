@@ -18,8 +18,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from pipeline import data, engine, models
+from pipeline import data, models
 from pipeline.config import DataConfig, TrainConfig
+from pipeline.train import engine
+from pipeline.train.precision import autocast, resolve_precision
 
 
 def bare_loop(arch: str, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, precision: str,
@@ -36,7 +38,7 @@ def bare_loop(arch: str, x: torch.Tensor, y: torch.Tensor, batch: int, steps: in
 
     def step(i):
         xb, yb = x[i * batch % len(x):][:batch], y[i * batch % len(y):][:batch]
-        with engine.autocast(device, precision):
+        with autocast(device, precision):
             loss = nn.functional.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,7 +77,7 @@ def main() -> None:
     ds = data.load(DataConfig(dataset="fashion_mnist", download=False))
     n = args.batch * args.steps
     x, y = ds.normalize(ds.train_x[:n]), ds.train_y[:n]
-    precision = engine.resolve_precision("auto", torch.device("cpu"))
+    precision = resolve_precision("auto", torch.device("cpu"))
     rows = [
         ("bare loop, fp32, NCHW", bare_loop(args.arch, x, y, args.batch, args.steps, "fp32", False)),
         (f"bare loop, {precision}, channels_last", bare_loop(args.arch, x, y, args.batch, args.steps, precision, True)),

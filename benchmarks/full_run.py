@@ -40,11 +40,11 @@ def main() -> None:
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     doc = json.loads((args.run_dir / "benchmark" / "results.json").read_text())
     sys.path.insert(0, str(ROOT))
-    from pipeline import config, report
-
-    rows = report.table(doc)
+    from pipeline import config
+    from pipeline.report import table
+    rows = table.table(doc)
     device = doc["machine"]["device"]
-    best = report.recommended(rows, config.load(args.config).benchmark.max_drop)
+    best = table.recommended(rows, config.load(args.config).benchmark.max_drop)
     print(f"\nmachine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['os']}")
     print("\n| stage | seconds |\n|---|---|")
     for name, entry in manifest["stages"].items():

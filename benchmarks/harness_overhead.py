@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import runner  # noqa: E402
-from pipeline import formats  # noqa: E402
+from pipeline.export import formats  # noqa: E402
 
 
 def bare_call(model):

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import models, onnx_tools, ort_quant
+from pipeline import models
+from pipeline.export import onnx_tools, ort_quant
 
 
 def one(arch: str, size: int, tmp: Path) -> dict:

@@ -60,11 +60,10 @@ def main() -> None:
         times.append(time.perf_counter() - started)
     shutil.rmtree(cache, ignore_errors=True)
 
-    from pipeline import report
-
+    from pipeline.report import table
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     doc = json.loads((args.run_dir / "benchmark" / "results.json").read_text())
-    rows = {r["artifact"]: r for r in report.table(doc) if r["status"] == "ok"}
+    rows = {r["artifact"]: r for r in table.table(doc) if r["status"] == "ok"}
     p50 = lambda name: rows[name]["latency"]["one_thread"]["p50_ms"]  # noqa: E731
     m = doc["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['os']}")

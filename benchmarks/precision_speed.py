@@ -18,9 +18,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine_throughput import bare_loop  # noqa: E402
 
 from deploy.runner import cpu_name  # noqa: E402
-from pipeline import data, engine, models  # noqa: E402
+from pipeline import (
+    data,
+    models,  # noqa: E402
+)
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.train import precision
 
 
 def cpu_line() -> str:
@@ -52,7 +56,7 @@ def main() -> None:
         fp32 = bare_loop(arch, x, y, 128, args.steps, "fp32", False)
         fp32_cl = bare_loop(arch, x, y, 128, args.steps, "fp32", True)
         bf16 = bare_loop(arch, x, y, 128, args.steps, "bf16", True)
-        auto = engine.resolve_precision("auto", torch.device("cpu"), models.create(arch, 1, 10))
+        auto = precision.resolve_precision("auto", torch.device("cpu"), models.create(arch, 1, 10))
         print(f"| {arch} | {fp32:.0f} | {fp32_cl:.0f} | {bf16:.0f} | {bf16 / fp32_cl:.2f} | {auto} |", flush=True)
 
 

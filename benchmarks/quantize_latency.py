@@ -30,7 +30,7 @@ TARGETS = {"onnx_int8_x86": 0.5, "onnx_int8_arm": None, "onnx_int8_dynamic": Non
 def prepare(run_dir: Path, student: Path | None):
     """Scratch run directory holding the student and the config; returns (cfg, RunDir)."""
     from pipeline import config as config_mod
-    from pipeline.store import RunDir
+    from pipeline.run.rundir import RunDir
 
     src = student or run_dir / "distill" / "student.pt"
     if not src.is_file():
@@ -48,7 +48,7 @@ def prepare(run_dir: Path, student: Path | None):
 def run_stages(cfg, run) -> dict:
     from rich.console import Console
 
-    from pipeline.runner import Runner
+    from pipeline.run.runner import Runner
 
     runner, seconds = Runner(cfg, run, Console(quiet=True)), {}
     for name in STAGES:
@@ -75,14 +75,14 @@ def median_ms(call, runs: int, warmup: int = 30, rounds: int = 5) -> float:
 
 
 def onnx_latency(path: Path, x: np.ndarray, runs: int) -> float:
-    from pipeline import onnx_tools
+    from pipeline.export import onnx_tools
 
     sess = onnx_tools.session(path, threads=1)
     return median_ms(lambda: sess.run(None, {"input": x}), runs)
 
 
 def tflite_latency(path: Path, x: np.ndarray, runs: int) -> float:
-    from pipeline import tflite_tools
+    from pipeline.export import tflite_tools
 
     interp = tflite_tools.interpreter(path, threads=1)
     inp = interp.get_input_details()[0]
@@ -98,8 +98,9 @@ def tflite_latency(path: Path, x: np.ndarray, runs: int) -> float:
 
 def torch_agreement(cfg, run) -> dict:
     """ONNX fp32 against PyTorch on the whole test set."""
-    from pipeline import artifacts, data, models, onnx_tools
-    from pipeline.engine import predict
+    from pipeline import data, models
+    from pipeline.export import artifacts, onnx_tools
+    from pipeline.train.evaluate import predict
 
     model, _ = models.load_model(run.root / "distill" / "student.pt")
     ds = data.load(cfg.data, cfg.seed)
@@ -109,7 +110,7 @@ def torch_agreement(cfg, run) -> dict:
 
 
 def table(cfg, run, seconds: dict, agree: dict, x1: np.ndarray, runs: int) -> str:
-    from pipeline import formats
+    from pipeline.export import formats
 
     arts = {**run.manifest()["stages"]["export"]["metrics"]["artifacts"],
             **run.manifest()["stages"]["quantize"]["metrics"]["artifacts"]}
@@ -119,7 +120,8 @@ def table(cfg, run, seconds: dict, agree: dict, x1: np.ndarray, runs: int) -> st
                  "tflite_int8"):
         fmt, entry = formats.get(name), arts.get(name, {"status": "missing"})
         if entry.get("status") != "ok":
-            rows.append(f"| {name} | {fmt.runtime} | {fmt.precision} | - | - | - | - | - | failed: {entry.get('reason')} |")
+            rows.append(f"| {name} | {fmt.runtime} | {fmt.precision} | - | - | - | - | - | "
+                        f"failed: {entry.get('reason')} |")
             continue
         path = run.root / fmt.stage / fmt.filename()
         ms = (onnx_latency if fmt.runtime == "onnxruntime" else tflite_latency)(path, x1, runs)

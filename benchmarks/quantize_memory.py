@@ -36,8 +36,8 @@ def child(args) -> None:
     import numpy as np
     import torch
 
-    from pipeline import artifacts, onnx_tools
     from pipeline.data import Dataset
+    from pipeline.export import artifacts, onnx_tools
 
     torch.set_num_threads(1)
     x = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8,
@@ -71,7 +71,7 @@ def main() -> None:
     import torch
 
     from deploy.runner import cpu_name
-    from pipeline import onnx_tools
+    from pipeline.export import onnx_tools
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-qmem-"))
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),

@@ -120,35 +120,20 @@ def bench_one(adb: Adb, acfg, local: Path, host_row: dict | None) -> dict:
     return {**row, "delegate": acfg.delegate}
 
 
-def bench(run, cfg, acfg, names: list[str]) -> Path:
-    """Benchmark ``names`` (TFLite formats; all written ones when empty) and merge the result."""
-    import dataclasses
-    import json
-    import tempfile
-
-    from deploy.runner import results_doc
-    from pipeline import formats, report
-
+def check_delegate(acfg) -> None:
     if acfg.delegate not in DELEGATES:
         raise UserError(f"unknown delegate '{acfg.delegate}'; use one of {', '.join(DELEGATES)}")
-    names = names or [f.name for f in formats.FORMATS if f.runtime == "tflite"
-                      and (run.root / f.stage / f.filename()).is_file()]
-    fmts = [formats.get(n) for n in names]
-    bad = [f.name for f in fmts if f.runtime != "tflite"]
-    if bad or not fmts:
-        raise UserError(f"bench-android runs .tflite models only (got {', '.join(bad) or 'none'}); "
-                        "run 'compress quantize' first or name a tflite_* format")
-    results = run.root / "benchmark" / "results.json"
-    if not results.is_file():
-        raise UserError(f"{results} is missing; run 'compress benchmark' first (the phone's rows are merged "
-                        "into its report and take their accuracy from it)")
-    host = {r["artifact"]: r for r in report.load_results(results)["rows"]}
+
+
+def measure(acfg, files: list[tuple], host: dict) -> tuple[dict, list[dict]]:
+    """Time each (format, local .tflite path) on the phone; ``host`` gives each format's host row, whose
+    accuracy the phone's row takes (the same file). Returns the phone's machine info and the rows."""
+    check_delegate(acfg)
     adb = Adb(acfg)
     serial = adb.device()
     phone = machine(adb, serial)  # first: a phone that stops answering later must not cost the timings taken
     rows = []
-    for fmt in fmts:
-        local = run.root / fmt.stage / fmt.filename()
+    for fmt, local in files:
         if not local.is_file():
             raise UserError(f"{local} does not exist; run 'compress {fmt.stage}' first")
         base = {"artifact": fmt.name, "format": fmt.name, "runtime": "tflite", "precision": fmt.precision,
@@ -157,9 +142,4 @@ def bench(run, cfg, acfg, names: list[str]) -> Path:
             rows.append({**base, "status": "ok", **bench_one(adb, acfg, local, host.get(fmt.name))})
         except UserError as exc:  # this model failed on the phone; the others are still measured
             rows.append({**base, "status": "failed", "reason": str(exc)})
-    doc = results_doc(report.run_info(run.root), phone, {"android": dataclasses.asdict(acfg)}, rows)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "android.json"
-        path.write_text(json.dumps(doc))
-        report.add(run, [path], cfg.benchmark.max_drop)
-    return run.root / "benchmark" / report.DEVICES
+    return phone, rows

@@ -36,7 +36,7 @@ Models: {models}
 
 
 def _model_entry(run_root: Path, name: str, meta: dict) -> tuple[dict, Path]:
-    from pipeline import formats
+    from pipeline.export import formats
 
     fmt = formats.get(name)
     if fmt.runtime == "torch":
@@ -72,9 +72,11 @@ def _onnxruntime_pin() -> str:
 def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip_missing: bool = False) -> Path:
     """Write the bundle. A named model that does not exist is a UserError (nothing written), or with
     ``skip_missing`` (the configured default list) it is left out."""
-    from pipeline import data, formats, report
-    from pipeline.store import atomic_path
-    from stages.benchmark import settings, write_eval_set
+    from pipeline import data
+    from pipeline.export import formats, inventory
+    from pipeline.export.inventory import settings, write_eval_set
+    from pipeline.files import atomic_path
+
 
     if skip_missing:
         names = [n for n in names if (run.root / formats.get(n).stage / formats.get(n).filename()).is_file()]
@@ -84,7 +86,7 @@ def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip
     ds = data.load(cfg.data, cfg.seed)
     meta = {**ds.meta(), "normalization": "(pixel / 255 - mean) / std, per channel"}
     entries = [_model_entry(run.root, n, meta) for n in dict.fromkeys(names)]
-    info = report.run_info(run.root)
+    info = inventory.run_info(run.root)
     spec = {"schema": BUNDLE_SCHEMA, "run": info, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "settings": settings(cfg.benchmark), "data": "eval.npz", "models": [e for e, _ in entries]}
     out = Path(out) if out else run.root / "bundle" / f"compress-bundle-{info['run_id']}.tar.gz"
@@ -94,7 +96,8 @@ def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip
         text = README.format(run_id=info["run_id"], images=n_images, batch=cfg.benchmark.throughput_batch,
                              min_runs=cfg.benchmark.min_runs, min_seconds=cfg.benchmark.min_seconds,
                              runtime=" + ".join(requirements({e["runtime"] for e, _ in entries},
-                                                             cfg.bundle.runtime).split()[1:]), models=", ".join(e["artifact"] for e, _ in entries))
+                                                             cfg.bundle.runtime).split()[1:]),
+                             models=", ".join(e["artifact"] for e, _ in entries))
         files = {"bundle.json": json.dumps(spec, indent=2) + "\n", "README.md": text,
                  "requirements.txt": requirements({e["runtime"] for e, _ in entries}, cfg.bundle.runtime)}
         with atomic_path(out) as tmp:

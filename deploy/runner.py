@@ -356,7 +356,7 @@ def run_bundle(folder: Path, out: Path, threads: int, device: str, accuracy_only
         job = {**entry, "path": str(folder / entry["file"]), "adapter": entry["runtime"],
                "data": str(folder / spec["data"]), "settings": settings}
         row = measure_isolated(job)
-        print(_line(row), flush=True)
+        print(row_line(row), flush=True)
         rows.append(row)
     doc = results_doc(spec["run"], machine_info(device), settings, rows)
     out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -364,7 +364,7 @@ def run_bundle(folder: Path, out: Path, threads: int, device: str, accuracy_only
     return doc
 
 
-def _line(row: dict) -> str:
+def row_line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['artifact']:<22} FAILED: {row['reason']}"
     if "latency" not in row:

@@ -2,118 +2,23 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
-import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 
-from pipeline import runner as runner_mod
+from pipeline.cli_errors import STATE, Group, Terminated
 from pipeline.errors import UserError
+from pipeline.run import runner as runner_mod
 
 console = Console()
-err_console = Console(stderr=True)
 
 
-# Global options and whether they take a value; accepted before or after the sub-command.
-GLOBAL_OPTIONS = {"-c": True, "--config": True, "-s": True, "--set": True, "-r": True, "--run-dir": True,
-                  "--cache-dir": True, "--debug": False}
-RESUME = "finished stages and the last epoch checkpoint are kept; rerun the same command to resume"
-
-
-class Terminated(BaseException):
-    """SIGTERM (a job scheduler's stop), handled like Ctrl-C."""
-
-
-def _hoist_global_options(args: list[str]) -> list[str]:
-    """Move global options that follow the sub-command in front of it (`compress all -c smoke`)."""
-    i = 0
-    while i < len(args) and args[i].startswith("-"):  # find the sub-command
-        i += 2 if GLOBAL_OPTIONS.get(args[i]) else 1
-    head, tail, rest = args[:i + 1], [], []
-    j = i + 1
-    while j < len(args):
-        arg, name = args[j], args[j].split("=", 1)[0]
-        if arg == "--":
-            rest.extend(args[j:])
-            break
-        if name in GLOBAL_OPTIONS:
-            takes_value = GLOBAL_OPTIONS[name] and "=" not in arg
-            if takes_value and j + 1 == len(args):
-                raise ValueError(f"Option '{arg}' requires an argument.")
-            tail.extend(args[j:j + 1 + takes_value])
-            j += 1 + takes_value
-            continue
-        rest.append(arg)
-        j += 1
-    return head[:-1] + tail + head[-1:] + rest if head else args
-
-
-def _disk_full(exc: BaseException) -> str | None:
-    """The one-line message for ENOSPC / EDQUOT anywhere under a command, else None."""
-    if not (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
-        return None
-    from pipeline.store import free_space
-
-    where = Path(exc.filename).parent if exc.filename else Path.cwd()
-    return (f"[red]error:[/red] no space left for {where} ({free_space(where)} free); free some space and rerun "
-            "the same command to resume (finished stages are kept)")
-
-
-class _Group(TyperGroup):
-    """Turns a UserError into one line on stderr and exit code 2, anything unexpected into one line and exit
-    code 1 (tracebacks only with --debug), and Ctrl-C / SIGTERM into a note that the run can be resumed.
-    Click's own usage errors (unknown command or option) pass through: usage line, message, exit 2."""
-
-    def parse_args(self, ctx, args):
-        try:
-            args = _hoist_global_options(list(args))
-        except ValueError as exc:
-            ctx.fail(str(exc))
-        return super().parse_args(ctx, args)
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except (typer.TyperException, typer.Exit, typer.Abort):  # Click's usage errors: usage line, exit 2
-            raise
-        except UserError as exc:
-            _fail(f"[red]error:[/red] {exc}", 2)
-        except KeyboardInterrupt:
-            _fail(f"interrupted: {RESUME}", 130)
-        except Terminated:
-            _fail(f"terminated (SIGTERM): {RESUME}", 143)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence
-            if message := _disk_full(exc):
-                _fail(message, 2)
-            _fail(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
-
-
-def _fail(message: str, code: int):
-    if STATE.debug:
-        traceback.print_exc()
-    err_console.print(message, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, distill, quantize and benchmark a small image classifier.")
-
-
-class State:
-    config: Optional[str] = None
-    overrides: list[str] = []
-    run_dir: Optional[Path] = None
-    cache_dir: Optional[Path] = None
-    debug: bool = False
-
-
-STATE = State()
 
 
 @app.callback()
@@ -135,7 +40,7 @@ def main_options(
 def _setup():
     """Resolved config, run directory and runner for the global options."""
     from pipeline import config as config_mod
-    from pipeline.store import RunDir
+    from pipeline.run.rundir import RunDir
 
     cfg = config_mod.load(STATE.config or "default", STATE.overrides)
     name = Path(STATE.config).stem if STATE.config else "default"
@@ -146,7 +51,7 @@ def _setup():
 def _run(to: Optional[str], start: Optional[str], force: Optional[str]) -> None:
     cfg, run = _setup()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from pipeline.engine import init_distributed
+        from pipeline.train.devices import init_distributed
 
         init_distributed()
     main = runner_mod.is_main_process()  # under torchrun, ranks > 0 train alongside but write nothing
@@ -174,9 +79,8 @@ def _print_report() -> None:
     """End of 'compress all': the benchmark table, when the run has one."""
     cfg, run = _setup()
     if runner_mod.is_main_process() and (run.root / "benchmark" / "results.json").is_file():
-        from pipeline import report as report_mod
-
-        console.print(report_mod.rich_table(run.root / "benchmark", cfg.benchmark.max_drop))
+        from pipeline.report import write
+        console.print(write.rich_table(run.root / "benchmark", cfg.benchmark.max_drop))
         console.print(f"report: {run.root / 'benchmark' / 'report.md'}", highlight=False)
 
 
@@ -196,8 +100,7 @@ def status():
     console.print(f"run-cache: {run.cache.root} ({run.cache.size() / 2**20:.1f} MB; 'compress gc' frees it)",
                   highlight=False)
     if cfg.data.dataset == "imagefolder":
-        from pipeline import imagefolder
-
+        from pipeline.data import imagefolder
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else imagefolder.default_cache_dir()
         entries, size = imagefolder.cache_usage(cache)
         console.print(f"decode cache: {cache} ({entries} decoded folder(s), {size / 2**20:.1f} MB; delete an entry "
@@ -208,7 +111,7 @@ def status():
 def gc(keep: Annotated[int, typer.Option(min=0, help="Cached variants to keep per stage, newest first (the one "
                                          "the run folder uses is always kept).")] = 0):
     """Free the run-cache: keep only what the run folder uses (and the --keep newest variants of each stage)."""
-    from pipeline.store import RunDir
+    from pipeline.run.rundir import RunDir
 
     cfg, run = _setup()
     if not run.root.is_dir():
@@ -248,11 +151,11 @@ def compare():
 def report_cmd(add: Annotated[Optional[list[Path]], typer.Option("--add", help="results.json from a device "
                                                                  "(repeatable).")] = None):
     """Merge device results into report.md and pareto.png, and print the benchmark table."""
-    from pipeline import report as report_mod
+    from pipeline.report import write
 
     cfg, run = _setup()
     with run.locked():
-        for path in report_mod.add(run, list(add or []), cfg.benchmark.max_drop):
+        for path in write.add(run, list(add or []), cfg.benchmark.max_drop):
             console.print(f"wrote {path}", highlight=False)
     _print_report()
 
@@ -318,7 +221,7 @@ def bench_android(
     """Time .tflite models on an Android phone with TFLite's benchmark_model over adb; merge into the report."""
     import dataclasses
 
-    from deploy import android
+    from pipeline.report import android
 
     cfg, run = _setup()
     given = {"binary": binary, "threads": threads, "delegate": delegate, "serial": serial}

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.store import atomic_json, atomic_write, sha256
+from pipeline.files import atomic_json, atomic_write, sha256
 
 FIELDS = ("test_top1", "val_top1", "test_loss", "final_train_loss", "train_top1", "seconds_per_epoch",
           "cache_seconds")
@@ -44,7 +44,8 @@ def parse_entry(entry: str) -> tuple[str, dict]:
 
 def entry_config(cfg, entry: str):
     """The config one entry trains with: ``cfg`` with the entry's distill overrides (checked like --set)."""
-    from pipeline import config as config_mod, distillers
+    from pipeline import config as config_mod
+    from pipeline.distill import methods as distillers
 
     name, overrides = parse_entry(entry)
     distillers.check(name)
@@ -58,11 +59,12 @@ def folder_name(entry: str) -> str:
     return name + "".join(f"_{k}={v}" for k, v in overrides.items()).replace("/", "-").replace(" ", "")
 
 
-def _fingerprint(cfg, entry: str, method: str, seed: int, root: Path) -> str:
-    """What one run depends on: the student alone needs no teacher, the other methods no adapted module
-    except ama."""
-    from pipeline import distillers
-    from pipeline.config import section_hash
+def _fingerprint(cfg, entry: str, method: str, seed: int, root: Path, code: str) -> str:
+    """What one run depends on: ``code``, the distill stage's code (a run trains what that stage trains), and
+    the settings and inputs of this method: the student alone needs no teacher, the other methods no adapted
+    module except ama."""
+    from pipeline.distill import methods as distillers
+    from pipeline.files import section_hash
 
     side = distillers.needs(method)
     inputs = {None: [], "teacher": ["teacher/model.pt"], "adapted": ["teacher/model.pt", "adapt/adapted.pt"]}[side]
@@ -70,7 +72,7 @@ def _fingerprint(cfg, entry: str, method: str, seed: int, root: Path) -> str:
     sections["distill"] = section_hash(cfg.distill if side else {"augment": cfg.distill.augment})
     if side == "adapted":
         sections["adapt"] = section_hash(cfg.adapt)
-    payload = {"method": entry, "seed": seed, "split_seed": cfg.seed, **sections,
+    payload = {"method": entry, "seed": seed, "split_seed": cfg.seed, "code": code, **sections,
                "inputs": [sha256(root / p) for p in inputs if (root / p).exists()]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -99,8 +101,11 @@ def train_all(cfg, run_dir, console, methods: list[str], train: bool = True,
     """Every entry of ``methods`` x ``compare.seeds`` seeds (finished runs are read back); {entry: [result]}.
     With ``train=False`` runs that are not finished are left out instead of trained; ``only=k`` keeps seed index k
     alone (one process per seed, as benchmarks/ama_study.py --split runs them)."""
-    from pipeline import data, distillers, runner as runner_mod
-    from pipeline.distillers.train import epochs_to, load_adapted_for, load_teacher, train_student
+    from pipeline import data
+    from pipeline.distill import methods as distillers
+    from pipeline.distill.loading import load_adapted_for, load_teacher
+    from pipeline.distill.train import epochs_to, train_student
+    from pipeline.run import runner as runner_mod
 
     entries = {e: entry_config(cfg, e) for e in methods}
     if cfg.compare.seeds < 1:
@@ -108,6 +113,7 @@ def train_all(cfg, run_dir, console, methods: list[str], train: bool = True,
     sides = {distillers.needs(name) for name, _ in entries.values()}
     runner = runner_mod.Runner(cfg, run_dir, console)
     runner.run_all(runner.select(to="adapt" if "adapted" in sides else "teacher"))
+    code = runner.code_hash("distill")
     ds = data.load(cfg.data, cfg.seed)
     root = run_dir.root
     teacher = load_teacher(root / "teacher" / "model.pt", cfg, ds) if sides - {None} else None
@@ -118,7 +124,7 @@ def train_all(cfg, run_dir, console, methods: list[str], train: bool = True,
         seed = cfg.seed + k
         for entry, (method, ecfg) in entries.items():
             folder = out / folder_name(entry) / f"seed{seed}"
-            fp = _fingerprint(ecfg, entry, method, seed, root)
+            fp = _fingerprint(ecfg, entry, method, seed, root, code)
             done = folder / "result.json"
             if done.exists() and json.loads(done.read_text()).get("fingerprint") == fp:
                 results[entry].append(json.loads(done.read_text()))
@@ -216,7 +222,8 @@ def to_markdown(summary: dict, cfg) -> str:
     lines = [f"Student {cfg.student.arch} (width {cfg.student.width}), {cfg.student.epochs} epochs, "
              f"data {cfg.data.dataset} (validation fraction {cfg.data.val_fraction}), "
              f"seeds {', '.join(map(str, seeds))}.", "",
-             f"| method | runs | val top-1 % | test top-1 % (mean ± std) | Δ test vs student (pts) | paired p | Welch p "
+             "| method | runs | val top-1 % | test top-1 % (mean ± std) | Δ test vs student (pts) | paired p | "
+             f"Welch p "
              f"| train CE | Δ train CE | epochs to {target:.0%} (val) | s / epoch | epoch cost vs student |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in summary.items():
@@ -255,10 +262,10 @@ def bar_label(row: dict) -> str:
 
 
 def plots(results: dict[str, list[dict]], summary: dict, out: Path) -> list[Path]:
-    from pipeline.plots import _pyplot
-    from pipeline.store import atomic_path
+    from pipeline.files import atomic_path
+    from pipeline.report.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     names = list(summary)
     fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(12, max(3.5, 0.5 * len(names) + 1.8)),
                                            gridspec_kw={"width_ratios": [1.2, 1]})

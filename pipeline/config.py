@@ -6,29 +6,25 @@ closest valid key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import hashlib
 import json
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from pipeline import config_fields
+from pipeline.config_fields import Names, check
 from pipeline.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def check(default, *, ge=None, gt=None, le=None, lt=None, choices=None):
-    """A dataclass field with its allowed range or choices, checked when a config is built."""
-    rule = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("choices", choices)) if v is not None}
-    return field(default=default, metadata=rule)
-
-
 FRACTION = {"gt": 0.0, "lt": 1.0}
-AUGMENT = ("none", "crop", "crop_flip", "resized_crop_flip")
+
+
+AUGMENT = Names("pipeline.data.batches", "AUGMENT")
+PRECISIONS = Names("pipeline.train.precision", "PRECISIONS")
 
 
 @dataclass(frozen=True)
@@ -60,10 +56,10 @@ class TrainConfig:
     momentum: float = check(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
     weight_decay: float = check(5e-4, ge=0.0)
-    schedule: str = check("onecycle", choices=("onecycle", "cosine"))
+    schedule: str = check("onecycle", choices=Names("pipeline.train.optim", "SCHEDULES"))
     warmup_fraction: float = check(0.15, ge=0.0, lt=1.0)
     label_smoothing: float = check(0.0, ge=0.0, lt=1.0)
-    precision: str = check("auto", choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = check("auto", choices=PRECISIONS)
     channels_last: bool = True
     eval_batch_size: int = check(1000, ge=1)
     weights: str = ""
@@ -81,13 +77,13 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class SimplifyConfig:
-    tool: str = check("auto", choices=("auto", "onnxsim", "onnxslim"))
+    tool: str = check("auto", choices=Names("stages.simplify", "TOOLS"))
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     calibration_images: int = check(512, ge=1)
-    method: str = check("MinMax", choices=("MinMax", "Entropy", "Percentile"))
+    method: str = check("MinMax", choices=Names("pipeline.export.ort_quant", "METHODS"))
     per_channel: bool = True
     targets: tuple[str, ...] = check(("x86", "arm", "dynamic"), choices=("x86", "arm", "dynamic"))
     tflite: tuple[str, ...] = check(("fp32", "fp16", "int8"), choices=("fp32", "fp16", "int8"))
@@ -117,7 +113,7 @@ class DistillConfig:
     kd_weight: float = check(1.0, ge=0.0)
     hint_weight: float = check(1.0, ge=0.0)
     at_weight: float = check(1000.0, ge=0.0)
-    hint_loss: str = check("mse", choices=("mse", "smooth_l1"))
+    hint_loss: str = check("mse", choices=Names("pipeline.distill.losses", "HINT_LOSSES"))
     kd_target: str = check("original", choices=("adapted", "original"))  # ama: soft targets from which teacher
     joint: bool = False
     route_weight: float = check(0.0, ge=0.0)  # ama: KL through the rest of the teacher run on the student's map
@@ -196,98 +192,9 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def section_hash(value) -> str:
-    """Stable sha256 of a config section (or any JSON-able value)."""
-    payload = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            keys.extend(all_keys(hint, f"{prefix}{f.name}."))
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def _unknown_key(key: str) -> UserError:
-    keys = all_keys()
-    candidates = keys + sorted({k.split(".")[0] for k in keys if "." in k})  # sections too
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else "; run 'compress config' to list valid keys"
-    return UserError(f"unknown config key '{key}'{hint}")
-
-
-def _coerce(key: str, value, hint):
-    """Check ``value`` against the field type ``hint``; ints are accepted where floats are expected."""
-    origin = typing.get_origin(hint)
-    if origin in (list, tuple):
-        (inner, *_) = typing.get_args(hint) or (object,)
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}' expects a list, got {value!r}")
-        return tuple(_coerce(key, v, inner) for v in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
-        return float(value)  # 1e-3: YAML 1.1 (PyYAML) reads exponents without a dot as strings
-    if hint is object or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        return value
-    raise UserError(f"config key '{key}' expects {hint.__name__}, got {value!r}")
-
-
-_RULES = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-          "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
-
-
-def _check_range(key: str, value, rule: dict) -> None:
-    """Raise if ``value`` (or any item of a list value) breaks the field's declared range or choices, or a list
-    names an item twice (an artifact built and timed twice, a method trained twice)."""
-    if isinstance(value, tuple) and len(set(value)) < len(value):
-        twice = next(v for v in value if value.count(v) > 1)
-        raise UserError(f"config key '{key}' lists {twice!r} twice; give each at most once")
-    for item in value if isinstance(value, tuple) else (value,):
-        if "choices" in rule and item not in rule["choices"]:
-            valid = ", ".join(map(str, rule["choices"]))
-            close = difflib.get_close_matches(str(item), map(str, rule["choices"]), n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"config key '{key}' = {item!r} is not allowed{hint}; use one of: {valid}")
-        if any(n in rule and not ok(item, rule[n]) for n, (ok, _) in _RULES.items()):
-            allowed = " and ".join(f"{sym} {rule[n]}" for n, (_, sym) in _RULES.items() if n in rule)
-            raise UserError(f"config key '{key}' = {item!r} is out of range; it must be {allowed}")
-
-
-def _build(cls: type, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = set(fields)
-    kwargs = {}
-    for key, value in values.items():
-        full = prefix + str(key)
-        if key not in names:
-            raise _unknown_key(full)
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise UserError(f"config section '{full}' must be a mapping, got {value!r}")
-            kwargs[key] = _build(hint, value, full + ".")
-        else:
-            kwargs[key] = _coerce(full, value, hint)
-            _check_range(full, kwargs[key], fields[key].metadata)
-    return cls(**kwargs)
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def all_keys() -> list[str]:
+    """Every valid dotted config key."""
+    return config_fields.all_keys(Config)
 
 
 def resolve_path(name_or_path: str) -> Path:
@@ -302,44 +209,17 @@ def resolve_path(name_or_path: str) -> Path:
     raise UserError(f"config '{name_or_path}' not found: give a YAML file path or one of {', '.join(names)}")
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a text file; give a YAML config file") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of sections")
-    return data
-
-
-def parse_set(item: str) -> dict:
-    """``teacher.epochs=3`` -> ``{"teacher": {"epochs": 3}}``; the value is read as YAML."""
-    if "=" not in item:
-        raise UserError(f"--set '{item}' must look like section.key=value")
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    nested: dict = value
-    for part in reversed(key.strip().split(".")):
-        nested = {part: nested}
-    return nested
-
-
 def load(config: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     values: dict = {}
     if config:
-        values = _read_yaml(resolve_path(config))
+        values = config_fields.read_yaml(resolve_path(config))
     for item in overrides:
-        values = _merge(values, parse_set(item))
+        values = config_fields.merge(values, config_fields.parse_set(item))
     return from_dict(values)
 
 
 def from_dict(values: dict) -> Config:
-    return _check_whole(_build(Config, values))
+    return _check_whole(config_fields.build(Config, values))
 
 
 def _check_whole(cfg: Config) -> Config:

@@ -10,21 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import formats
+from pipeline.data.pixels import fit
 from pipeline.errors import UserError
-from pipeline.pixels import fit
+from pipeline.export import formats
 
 
 def choose(run_root: Path, artifact: str | None, max_drop: float) -> formats.Format:
     """The named artifact, else the benchmark's recommendation for this machine."""
     if artifact is None:
-        from pipeline import report
-
+        from pipeline.report.results import load_results
+        from pipeline.report.table import recommended, table
         results = run_root / "benchmark" / "results.json"
         if not results.is_file():
             raise UserError(f"{results} is missing: run 'compress all' first, or name a model with --artifact")
-        doc = report.load_results(results)
-        artifact = report.recommended(report.table(doc), max_drop).get(doc["machine"]["device"])
+        doc = load_results(results)
+        artifact = recommended(table(doc), max_drop).get(doc["machine"]["device"])
         if artifact is None:
             raise UserError(f"no artifact is within {max_drop} points in {results}; name one with --artifact")
     fmt = formats.get(artifact)
@@ -35,9 +35,9 @@ def choose(run_root: Path, artifact: str | None, max_drop: float) -> formats.For
 
 def metadata(path: Path, fmt: formats.Format) -> dict:
     if fmt.runtime == "tflite":
-        from pipeline.tflite_tools import metadata as read
+        from pipeline.export.tflite_tools import metadata as read
     else:
-        from pipeline.onnx_tools import metadata as read
+        from pipeline.export.onnx_tools import metadata as read
     meta = read(path)
     if not {"mean", "std", "input_size", "classes"} <= set(meta):
         raise UserError(f"{path} carries no compress metadata (mean, std, input_size, classes); rebuild it")
@@ -45,7 +45,7 @@ def metadata(path: Path, fmt: formats.Format) -> dict:
 
 
 def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """uint8 C x H x W by pipeline/pixels.py's fit, as the training decode makes them."""
+    """uint8 C x H x W by pipeline/data/pixels.py's fit, as the training decode makes them."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():

@@ -38,7 +38,9 @@ def _check_net(section: str, tcfg) -> None:
 
 def check(cfg, stages: list[str]) -> None:
     """Everything about ``cfg`` that the ``stages`` about to run (and those after them) would trip on."""
-    from pipeline import adaptive, data, distillers
+    from pipeline import data
+    from pipeline.distill import adaptive
+    from pipeline.distill import methods as distillers
 
     data.check_dataset(cfg.data.dataset)
     if not {"teacher", "adapt", "distill"} & set(stages):

@@ -1,1 +1,2 @@
-"""One module per pipeline stage; each has NAME, SECTIONS, UPSTREAM, VERSION and run(ctx)."""
+"""One module per pipeline stage; each has NAME, SECTIONS, UPSTREAM and run(ctx), and
+optionally upstream(cfg) and sections(cfg) where they depend on the config."""

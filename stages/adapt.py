@@ -23,22 +23,28 @@ def _subset(ds, n: int):
 
 
 def _train_config(cfg):
-    from pipeline.config import TrainConfig
+    """The module's training settings: the adapt section's budget on the teacher's net and precision, the
+    rest at the training defaults."""
+    import dataclasses
 
     a, t = cfg.adapt, cfg.teacher
-    return TrainConfig(arch=t.arch, width=t.width, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                       schedule="onecycle", precision=t.precision, channels_last=t.channels_last,
-                       eval_batch_size=t.eval_batch_size, bn_recalibration_images=a.bn_recalibration_images)
+    return dataclasses.replace(type(t)(), arch=t.arch, width=t.width, epochs=a.epochs, batch_size=a.batch_size,
+                               lr=a.lr, schedule="onecycle", precision=t.precision, channels_last=t.channels_last,
+                               eval_batch_size=t.eval_batch_size, bn_recalibration_images=a.bn_recalibration_images)
 
 
 def run(ctx) -> list[Path]:
     import torch
 
-    from pipeline import adaptive, data, models
-    from pipeline.distillers.adapter import AdaptTask
-    from pipeline.distillers.train import load_teacher
-    from pipeline.engine import evaluate, fit, init_distributed, pick_device, resolve_precision
-    from pipeline.store import save_torch
+    from pipeline import data, models
+    from pipeline.distill import adaptive
+    from pipeline.distill.adapter import AdaptTask
+    from pipeline.distill.loading import load_teacher
+    from pipeline.files import save_torch
+    from pipeline.train.devices import init_distributed, pick_device
+    from pipeline.train.engine import fit
+    from pipeline.train.evaluate import evaluate
+    from pipeline.train.precision import resolve_precision
 
     cfg = ctx.cfg
     models.check_arch(cfg.student.arch)

@@ -49,33 +49,13 @@ class TorchModel:
         return out.numpy()
 
 
-def settings(bcfg) -> dict:
-    """The measurement settings deploy.runner reads (also written into bundles)."""
-    keys = ("threads", "warmup_runs", "min_runs", "min_seconds", "throughput_batch", "throughput_seconds",
-            "eval_batch")
-    return {k: getattr(bcfg, k) for k in keys}
-
-
-def write_eval_set(path: Path, ds, limit: int, split: str = "test") -> Path:
-    """The split's images (uint8 NCHW), labels and the normalisation the models were trained with, as one npz."""
-    from pipeline.store import atomic_path
-
-    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
-    n = len(y) if limit <= 0 else min(limit, len(y))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, images=x[:n].numpy(), labels=y[:n].numpy(),
-                                mean=np.asarray(ds.mean, np.float32), std=np.asarray(ds.std, np.float32))
-    return path
-
-
 def jobs(ctx, data_path: Path, ds, val_path: Path | None = None) -> list[dict]:
     """One measurement job per artifact that exists; failed rows for those that do not. With ``val_path`` each
     is also evaluated on the validation split, which the recommendation uses."""
-    from pipeline import report
-
+    from pipeline.export import inventory
+    from pipeline.export.inventory import settings
     out = []
-    for item in report.artifacts(ctx.run.root, ctx.run.manifest()):
+    for item in inventory.artifacts(ctx.run.root, ctx.run.manifest()):
         if item.get("status") == "failed":
             out.append(item)
             continue
@@ -89,11 +69,20 @@ def jobs(ctx, data_path: Path, ds, val_path: Path | None = None) -> list[dict]:
 def run(ctx) -> list[Path]:
     import tempfile
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from deploy import runner
-    from pipeline import data, report
-
+    from pipeline import data
+    from pipeline.export import inventory
+    from pipeline.export.inventory import settings, write_eval_set
+    from pipeline.report import results, table, write
     cfg = ctx.cfg
     ds = data.load(cfg.data, cfg.seed)
     rows = []
@@ -109,21 +98,21 @@ def run(ctx) -> list[Path]:
                 row = job if job.get("status") == "failed" else runner.measure_isolated(job, cfg.benchmark.timeout_s)
                 rows.append({k: v for k, v in row.items() if k not in ("adapter", "data", "pythonpath", "settings",
                                                                         "meta", "path", "val_data")})
-                ctx.console.print(runner._line(rows[-1]), highlight=False)
+                ctx.console.print(runner.row_line(rows[-1]), highlight=False)
                 progress.advance(task)
     check_measured(rows, cfg.benchmark.timeout_s)
     attach_bn_checks(rows, ctx.run.manifest()["stages"])
-    doc = runner.results_doc({**report.run_info(ctx.run.root), "method": cfg.distill.method}, runner.machine_info(),
+    doc = runner.results_doc({**inventory.run_info(ctx.run.root), "method": cfg.distill.method}, runner.machine_info(),
                              settings(cfg.benchmark), rows)
-    outputs = report.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
-    best = report.recommended(report.table(doc, report.device_docs(ctx.dir)), cfg.benchmark.max_drop)
+    outputs = write.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
+    best = table.recommended(table.table(doc, results.device_docs(ctx.dir)), cfg.benchmark.max_drop)
     ctx.metrics.update(run_id=doc["run"]["run_id"], recommended=best.get(doc["machine"]["device"]),
                        rows={r["artifact"]: _summary(r) for r in rows})
     return outputs
 
 
 def attach_bn_checks(rows: list[dict], stages: dict) -> None:
-    """Give each PyTorch row the BatchNorm check its training stage recorded (pipeline/batchnorm.py), which the
+    """Give each PyTorch row the BatchNorm check its training stage recorded (pipeline/train/batchnorm.py), which the
     report reads before it draws a conclusion from that model."""
     distill = stages.get("distill", {}).get("metrics", {}).get("bn_check", {})
     found = {"teacher_fp32": stages.get("teacher", {}).get("metrics", {}).get("bn_check"),

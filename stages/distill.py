@@ -10,7 +10,7 @@ UPSTREAM = ("teacher", "adapt")
 
 
 def _needs_adapt(cfg) -> bool:
-    from pipeline import distillers
+    from pipeline.distill import methods as distillers
 
     return distillers.needs(cfg.distill.method) == "adapted"
 
@@ -33,10 +33,12 @@ def _save(ctx, run: dict, name: str, cfg, ds) -> list[Path]:
 
 
 def run(ctx) -> list[Path]:
-    from pipeline import data, distillers
-    from pipeline.distillers.train import load_adapted_for, load_teacher, train_student
-    from pipeline.engine import init_distributed
-    from pipeline.plots import training_curves
+    from pipeline import data
+    from pipeline.distill import methods as distillers
+    from pipeline.distill.loading import load_adapted_for, load_teacher
+    from pipeline.distill.train import train_student
+    from pipeline.report.plots import training_curves
+    from pipeline.train.devices import init_distributed
 
     cfg, method = ctx.cfg, ctx.cfg.distill.method
     distillers.check(method)

@@ -11,9 +11,10 @@ UPSTREAM = ("distill",)
 
 def reference(ctx):
     """The student, its checkpoint, the data set, and the parity images with PyTorch's logits for them."""
-    from pipeline import artifacts, data, models
-    from pipeline.engine import predict
+    from pipeline import data, models
     from pipeline.errors import UserError
+    from pipeline.export import artifacts
+    from pipeline.train.evaluate import predict
 
     model, ckpt = models.load_model(ctx.input("distill", "student.pt"))
     ds = data.load(ctx.cfg.data, ctx.cfg.seed)
@@ -27,9 +28,9 @@ def reference(ctx):
 
 
 def run(ctx) -> list[Path]:
-    from pipeline import artifacts, onnx_tools
-    from pipeline.config import section_hash
     from pipeline.errors import UserError
+    from pipeline.export import artifacts, onnx_tools
+    from pipeline.files import section_hash
 
     ecfg = ctx.cfg.export
     model, ckpt, ds, x, ref = reference(ctx)

@@ -27,7 +27,8 @@ class Inputs:
     """What every conversion in this stage shares: source model, metadata, data and the fp32 reference."""
 
     def __init__(self, ctx, src: Path):
-        from pipeline import artifacts, data, onnx_tools
+        from pipeline import data
+        from pipeline.export import artifacts, onnx_tools
 
         self.src, qcfg = src, ctx.cfg.quantize
         self.proto = onnx_tools.load(src)
@@ -46,7 +47,7 @@ class Inputs:
             self.calib = exc
 
     def calibration(self) -> np.ndarray:
-        from pipeline import artifacts
+        from pipeline.export import artifacts
 
         if isinstance(self.calib, Exception):
             raise self.calib
@@ -66,8 +67,8 @@ def record_test(entry: dict, inp: Inputs, logits) -> None:
 def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: Path) -> None:
     """Build candidates from ``attempts`` ((label, build(tmp_path)) pairs) until one keeps top-1 within
     ``max_drop`` points of fp32; it becomes ``final``. Every attempt is recorded in ``entry``."""
-    from pipeline.artifacts import GateFailed
     from pipeline.errors import UserError
+    from pipeline.export.artifacts import GateFailed
 
     tried = entry.setdefault("attempts", [])
     for label, build in attempts:
@@ -99,7 +100,7 @@ def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: P
 
 def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
     """One ONNX Runtime artifact (x86 / arm static, or dynamic) through the gate, with metadata."""
-    from pipeline import artifacts, onnx_tools, ort_quant
+    from pipeline.export import artifacts, onnx_tools, ort_quant
 
     qcfg, name = ctx.cfg.quantize, f"onnx_int8_{target}"
     final = artifacts.path_of(ctx, name)
@@ -109,7 +110,8 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
         try:
             float_nodes = ort_quant.sensitive_nodes(onnx_tools.load(pre, check=False))
             if target == "dynamic":
-                attempts = [({"float_nodes": f}, lambda t, f=f: ort_quant.dynamic(pre, t, f)) for f in ([], float_nodes)]
+                attempts = [({"float_nodes": f}, lambda t, f=f: ort_quant.dynamic(pre, t, f))
+                            for f in ([], float_nodes)]
             else:
                 calib, methods = inp.calibration(), ort_quant.method_order(qcfg.method)
                 plan = [(m, []) for m in methods[:2]] + [(qcfg.method, float_nodes)]
@@ -137,8 +139,8 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
 def tflite_artifacts(ctx, inp: Inputs) -> None:
     """TFLite fp32 / fp16 / int8 from the PyTorch student in one converter subprocess, then each evaluated on
     the test set."""
-    from pipeline import artifacts, tflite_tools
     from pipeline.errors import UserError
+    from pipeline.export import artifacts, tflite_tools
 
     qcfg = ctx.cfg.quantize
     try:
@@ -162,9 +164,9 @@ def tflite_artifacts(ctx, inp: Inputs) -> None:
 
 
 def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
-    from pipeline import artifacts, tflite_tools
-    from pipeline.artifacts import GateFailed
     from pipeline.errors import UserError
+    from pipeline.export import artifacts, tflite_tools
+    from pipeline.export.artifacts import GateFailed
 
     name = f"tflite_{precision}"
     final = artifacts.path_of(ctx, name)
@@ -186,8 +188,8 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
 
 
 def run(ctx) -> list[Path]:
-    from pipeline import artifacts, ort_quant
     from pipeline.errors import UserError
+    from pipeline.export import artifacts, ort_quant
 
     qcfg = ctx.cfg.quantize
     ort_quant.check_method(qcfg.method)

@@ -49,8 +49,8 @@ _PIN = {"onnxsim": "0.8.1", "onnxslim": "0.1.98"}
 
 
 def run(ctx) -> list[Path]:
-    from pipeline import artifacts, onnx_tools
     from pipeline.errors import UserError
+    from pipeline.export import artifacts, onnx_tools
     from stages.export import reference
 
     source = artifacts.upstream(ctx, "onnx_fp32")

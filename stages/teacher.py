@@ -12,8 +12,9 @@ UPSTREAM = ()
 
 def run(ctx) -> list[Path]:
     from pipeline import data, models
-    from pipeline.engine import Classifier, fit, seed_all
-    from pipeline.plots import training_curves
+    from pipeline.report.plots import training_curves
+    from pipeline.train.devices import seed_all
+    from pipeline.train.engine import Classifier, fit
 
     cfg, tcfg = ctx.cfg, ctx.cfg.teacher
     models.check_arch(tcfg.arch)
@@ -42,8 +43,10 @@ def run(ctx) -> list[Path]:
 def _as_given(ctx, model, ds) -> list[Path]:
     """Evaluate the given teacher on the test set and write it as this stage's checkpoint."""
     from pipeline import models
-    from pipeline.engine import accuracy, check_bn, pick_device, predict, resolve_precision
     from pipeline.errors import UserError
+    from pipeline.train.devices import pick_device
+    from pipeline.train.evaluate import accuracy, check_bn, predict
+    from pipeline.train.precision import resolve_precision
 
     tcfg = ctx.cfg.teacher
     fresh = [n for n, _ in model.named_parameters() if n not in model.loaded_params]

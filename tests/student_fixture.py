@@ -9,8 +9,8 @@ from rich.console import Console
 
 from pipeline import config as config_mod
 from pipeline import data, models
-from pipeline.runner import Context
-from pipeline.store import RunDir
+from pipeline.run.rundir import RunDir
+from pipeline.run.runner import Context
 
 
 def smoke_config(*overrides: str) -> config_mod.Config:

@@ -11,9 +11,11 @@ import pytest
 from deploy import android
 from deploy.runner import machine_info, results_doc
 from pipeline import config as config_mod
-from pipeline import report
 from pipeline.errors import UserError
-from pipeline.store import RunDir
+from pipeline.export import inventory
+from pipeline.report import android as android_report
+from pipeline.report import results, write
+from pipeline.run.rundir import RunDir
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -81,17 +83,17 @@ def phone(tmp_path, monkeypatch):
     (run.stage_dir("quantize") / "tflite_int8.tflite").write_bytes(b"tflite bytes")
     host_row = {"artifact": "tflite_int8", "status": "ok", "top1": 0.9, "images": 100, "runtime": "tflite",
                 "precision": "int8", "latency": {"one_thread": {"p50_ms": 0.2}}}
-    doc = results_doc(report.run_info(run.root), machine_info("host"), {}, [host_row])
-    report.write_all(run.stage_dir("benchmark"), doc, 0.5)
+    doc = results_doc(inventory.run_info(run.root), machine_info("host"), {}, [host_row])
+    write.write_all(run.stage_dir("benchmark"), doc, 0.5)
     return run, calls
 
 
 def test_bench_android_merges_into_the_report(phone):
     run, calls = phone
     cfg = config_mod.load("smoke")
-    android.bench(run, cfg, cfg.android, [])
+    android_report.bench(run, cfg, cfg.android, [])
     device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
-    report.validate(device, "device")
+    results.validate(device, "device")
     row = device["rows"][0]
     assert row["status"] == "ok" and row["top1"] == 0.9 and row["accuracy_source"].startswith("host")
     assert row["latency"]["one_thread"]["p50_ms"] == pytest.approx(51.891)
@@ -105,7 +107,7 @@ def test_delegate_and_failed_model(phone, monkeypatch):
     run, calls = phone
     monkeypatch.setenv("FAKE_ADB_LOG", str(FIXTURES / "benchmark_model_failed.txt"))
     cfg = config_mod.load("smoke", ["android.delegate=gpu"])
-    android.bench(run, cfg, cfg.android, ["tflite_int8"])
+    android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
     device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
     assert device["rows"][0]["status"] == "failed" and "allocate tensors" in device["rows"][0]["reason"]
     assert "--use_gpu=true" in calls.read_text()
@@ -125,7 +127,7 @@ def test_only_tflite_models(phone):
     run, _ = phone
     cfg = config_mod.load("smoke")
     with pytest.raises(UserError, match="tflite models only"):
-        android.bench(run, cfg, cfg.android, ["onnx_fp32"])
+        android_report.bench(run, cfg, cfg.android, ["onnx_fp32"])
 
 
 def test_odd_phone_output_fails_one_row_not_the_command(phone, monkeypatch, tmp_path):
@@ -136,12 +138,12 @@ def test_odd_phone_output_fails_one_row_not_the_command(phone, monkeypatch, tmp_
     noisy.write_bytes(b"\xff\xfe vendor banner \x80\n" + good)
     monkeypatch.setenv("FAKE_ADB_LOG", str(noisy))
     cfg = config_mod.load("smoke")
-    android.bench(run, cfg, cfg.android, ["tflite_int8"])
+    android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
     device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
     assert device["rows"][0]["status"] == "ok"
     broken = tmp_path / "broken.txt"
     broken.write_text(good.decode().replace("avg=", "avg=1.2.", 2))
     monkeypatch.setenv("FAKE_ADB_LOG", str(broken))
-    android.bench(run, cfg, cfg.android, ["tflite_int8"])
+    android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
     device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
     assert device["rows"][0]["status"] == "failed" and "benchmark_model failed" in device["rows"][0]["reason"]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from deploy import arm_check, bundle, runner
-from pipeline import report
 from pipeline.errors import UserError
-from pipeline.store import RunDir
+from pipeline.report import results, table, write
+from pipeline.run.rundir import RunDir
 
 
 def _row(artifact, precision, top1, preds, **extra):
@@ -24,8 +24,8 @@ def _row(artifact, precision, top1, preds, **extra):
 
 
 def _doc(rows, device, run_id="r1", **machine):
-    return runner.results_doc({"run_id": run_id, "run_dir": "x"}, {"device": device, "cpu": "c", "cores": 2, "python": "3.11",
-                                                                   "os": "Linux", **machine}, {}, rows)
+    info = {"device": device, "cpu": "c", "cores": 2, "python": "3.11", "os": "Linux", **machine}
+    return runner.results_doc({"run_id": run_id, "run_dir": "x"}, info, {}, rows)
 
 
 def _tar(path: Path, spec: dict) -> Path:
@@ -143,19 +143,19 @@ def test_report_keeps_emulated_rows_out_of_latency(tmp_path):
     arm = _doc([_row("tflite_fp32", "fp32", 0.9, [0], emulated=True),
                 _row("tflite_int8", "int8", 0.895, [0], emulated=True)], arm_check.DEVICE, emulated=True, qemu="10.0.2")
     (tmp_path / "arm.json").write_text(json.dumps(arm))
-    report.add(run, [tmp_path / "arm.json"], 1.0)
-    rows = report.table(host, [arm])
+    write.add(run, [tmp_path / "arm.json"], 1.0)
+    rows = table.table(host, [arm])
     emulated = [r for r in rows if r["device"] == arm_check.DEVICE]
     assert len(emulated) == 2 and all("speedup" not in r for r in emulated)
     assert emulated[1]["drop_pts"] == 0.5  # accuracy against the same device's fp32 still counts
-    assert report.recommended(rows, 1.0) == {"host": "tflite_int8"}
+    assert table.recommended(rows, 1.0) == {"host": "tflite_int8"}
     md = (run.root / "benchmark" / "report.md").read_text()
     assert "Emulated by qemu 10.0.2: accuracy only" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| tflite_int8 | arm64 (emulated)"))
     assert "89.50" in line and line.count("| - ") >= 4
     missing_latency = _doc([_row("tflite_fp32", "fp32", 0.9, [0])], "a real board")  # not emulated: refused
     with pytest.raises(UserError, match="latency"):
-        report.validate(missing_latency, "board.json")
+        results.validate(missing_latency, "board.json")
 
 
 # --- the real thing -------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_arm64_bundle_classifies_like_the_host(tmp_path, cli, capsys):
     seconds = time.perf_counter() - start
     out = Path(root) / "bundle" / "arm64-emulated.json"
     assert out.is_file(), result.output[-3000:]
-    doc = report.load_results(out)
+    doc = results.load_results(out)
     with capsys.disabled():
         print(f"\n{result.output.strip()}\nARM check via 'compress bundle --check-arm': {seconds:.0f} s")
     assert doc["machine"]["emulated"] is True and doc["machine"]["arch"] == "aarch64" and doc["machine"]["qemu"]

@@ -1,4 +1,4 @@
-"""BatchNorm statistics that match the weights (pipeline/batchnorm.py): a MobileNetV3 (BatchNorm momentum 0.01)
+"""BatchNorm statistics that match the weights (pipeline/train/batchnorm.py): a MobileNetV3 (BatchNorm momentum 0.01)
 trained a few steps is reported with recomputed statistics, the same after a kill -9 and resume, the same on
 every DDP rank, and the report's guard fires on a model whose statistics were left stale."""
 import os
@@ -13,9 +13,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from pipeline import batchnorm, data, models
+from pipeline import data, models
 from pipeline.config import DataConfig, TrainConfig
-from pipeline.engine import Classifier, evaluate, fit
+from pipeline.train import batchnorm
+from pipeline.train.engine import Classifier, fit
+from pipeline.train.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = DataConfig(dataset="synthetic", synthetic_train=512, synthetic_test=128, synthetic_channels=3,
@@ -66,9 +68,10 @@ import sys, torch
 from rich.console import Console
 sys.path.insert(0, {root!r})
 from tests.test_batchnorm import DATA
-from pipeline import data, models
+from pipeline import data
+from pipeline import models
 from pipeline.config import TrainConfig
-from pipeline.engine import Classifier, fit
+from pipeline.train.engine import Classifier, fit
 torch.set_num_threads(1)
 ds = data.load(DATA)
 torch.manual_seed(0)
@@ -157,8 +160,7 @@ def test_a_frozen_teacher_inside_the_task_keeps_its_statistics():
 
 
 def test_the_guard_fires_on_stale_statistics_and_the_report_makes_no_claim_from_them():
-    from pipeline import report
-
+    from pipeline.report import markdown
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 2))
@@ -180,17 +182,16 @@ def test_the_guard_fires_on_stale_statistics_and_the_report_makes_no_claim_from_
     rows = [{"artifact": a, "device": "host", "status": "ok", "top1": t, "precision": "fp32"}
             for a, t in (("teacher_fp32", 0.87), ("student_alone_fp32", 0.55), ("torch_fp32", 0.85))]
     rows[1]["bn_check"] = chk
-    lines = report.story(rows, "host")
+    lines = markdown.story(rows, "host")
     assert any("student trained alone: its BatchNorm statistics do not match" in line for line in lines)
     assert not any("Distillation:" in line for line in lines)
     rows[1]["bn_check"] = {**chk, "stale": False}
-    text = " ".join(report.story(rows, "host"))
+    text = " ".join(markdown.story(rows, "host"))
     assert "distillation gained 30.00 points" in text
 
 
 def test_the_distillation_line_says_plainly_when_distillation_cost_accuracy():
-    from pipeline import report
-
-    line = report.distillation(85.21, 88.43, 86.99)[0]
+    from pipeline.report import markdown
+    line = markdown.distillation(85.21, 88.43, 86.99)[0]
     assert "distillation cost 1.44 points" in line and "teacher is no better than the student alone" in line
-    assert "no better" not in report.distillation(90.0, 88.0, 89.0)[0]
+    assert "no better" not in markdown.distillation(90.0, 88.0, 89.0)[0]

@@ -6,14 +6,15 @@ import time
 
 import numpy as np
 import pytest
-
-from deploy import runner
-from pipeline import data, report
-from pipeline.config import DataConfig
-from pipeline.errors import UserError
-
 from fixtures.bench_run import build_run, export_onnx, make_tflite
 from student_fixture import run_stage, smoke_config, train_student
+
+from deploy import runner
+from pipeline import data
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+from pipeline.export import inventory
+from pipeline.report import markdown, results, table, write
 
 FAST = {"warmup_runs": 1, "min_runs": 5, "min_seconds": 0.0, "throughput_batch": 4, "throughput_seconds": 0.0,
         "threads": 1, "eval_batch": 32}
@@ -89,32 +90,32 @@ def _row(name: str, top1: float, p50: float, runtime: str = "onnxruntime", preci
 
 
 def test_table_drop_speedup_front_and_recommendation():
-    rows = report.table(_doc("host", "r", [
+    rows = table.table(_doc("host", "r", [
         _row("torch_fp32", 0.90, 1.0, "torch"), _row("onnx_fp32", 0.90, 0.2), _row("onnx_int8_x86", 0.897, 0.1,
                                                                                  precision="int8"),
         _row("tflite_int8", 0.80, 0.05, "tflite", "int8"), _row("slow_bad", 0.85, 0.5),
         {"artifact": "tflite_fp16", "status": "failed", "reason": "x"}]))
     by = {r["artifact"]: r for r in rows}
     assert by["onnx_int8_x86"]["drop_pts"] == pytest.approx(0.3) and by["onnx_fp32"]["speedup"] == 5.0
-    front = [r["artifact"] for r in report.pareto_front(rows)]
+    front = [r["artifact"] for r in table.pareto_front(rows)]
     assert front == ["tflite_int8", "onnx_int8_x86", "onnx_fp32"]  # slow_bad and torch_fp32 are dominated
-    assert report.recommended(rows, 0.5) == {"host": "onnx_int8_x86"}  # tflite_int8 is faster but drops 10 pts
-    assert report.recommended(rows, 20) == {"host": "tflite_int8"}
+    assert table.recommended(rows, 0.5) == {"host": "onnx_int8_x86"}  # tflite_int8 is faster but drops 10 pts
+    assert table.recommended(rows, 20) == {"host": "tflite_int8"}
 
 
 def test_recommendation_reads_validation_where_measured():
     def val(row, v):
         return {**row, "val_top1": v}
-    rows = report.table(_doc("host", "r", [
+    rows = table.table(_doc("host", "r", [
         val(_row("onnx_fp32", 0.90, 0.2), 0.91), val(_row("onnx_int8_x86", 0.897, 0.1, precision="int8"), 0.90),
         val(_row("tflite_int8", 0.899, 0.05, "tflite", "int8"), 0.895)]))
     by = {r["artifact"]: r for r in rows}
     assert by["tflite_int8"]["val_drop_pts"] == pytest.approx(1.5) and by["tflite_int8"]["drop_pts"] == \
         pytest.approx(0.1)
     # on test tflite_int8 (fastest) is within 0.5 points, but the choice is made on validation, where it is not
-    assert report.recommended(rows, 0.5) == {"host": "onnx_fp32"}
-    assert report.recommended(rows, 1.0) == {"host": "onnx_int8_x86"}
-    assert "| tflite_int8 | host | 89.50 | +1.50 | 89.90 |" in "\n".join(report.splits(rows))
+    assert table.recommended(rows, 0.5) == {"host": "onnx_fp32"}
+    assert table.recommended(rows, 1.0) == {"host": "onnx_int8_x86"}
+    assert "| tflite_int8 | host | 89.50 | +1.50 | 89.90 |" in "\n".join(markdown.splits(rows))
 
 
 @pytest.mark.parametrize("broken, message", [
@@ -127,19 +128,19 @@ def test_recommendation_reads_validation_where_measured():
 def test_validate_rejects_wrong_files(broken, message):
     doc = {**_doc("pi", "r", [_row("a", 0.5, 1.0)]), **broken}
     with pytest.raises(UserError, match=message):
-        report.validate(doc, "x.json")
+        results.validate(doc, "x.json")
 
 
 def _run_with_results(tmp_path):
-    from pipeline.store import RunDir
+    from pipeline.run.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     run.create()
     (run.stage_dir("quantize") / "tflite_int8.tflite").write_bytes(b"model")
-    doc = _doc("host", report.run_info(run.root)["run_id"], [_row("torch_fp32", 0.9, 1.0, "torch"),
+    doc = _doc("host", inventory.run_info(run.root)["run_id"], [_row("torch_fp32", 0.9, 1.0, "torch"),
                                                              _row("tflite_int8", 0.9, 0.1, "tflite", "int8")])
-    outputs = report.write_all(run.stage_dir("benchmark"), doc, 0.5)
-    from pipeline.store import file_record
+    outputs = write.write_all(run.stage_dir("benchmark"), doc, 0.5)
+    from pipeline.files import file_record
     run.record("benchmark", {"fingerprint": "f", "outputs": [file_record(p, run.root) for p in outputs]})
     return run, doc
 
@@ -164,7 +165,7 @@ def test_report_add_merges_and_refuses_other_runs(tmp_path, cli):
     text = (run.root / "benchmark" / "report.md").read_text()
     assert "| tflite_int8 * | pi4 |" in text and "| tflite_int8 * | host |" in text
     manifest = run.manifest()["stages"]["benchmark"]["outputs"]
-    from pipeline.store import sha256
+    from pipeline.files import sha256
     assert {o["path"]: o["sha256"] for o in manifest}["benchmark/report.md"] == sha256(
         run.root / "benchmark" / "report.md")  # recorded, so the stage is not made stale
 
@@ -175,9 +176,9 @@ def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
     student, ds = train_student(cfg, steps=30)
     run = build_run(tmp_path / "run", tflite_dir, student, ds)
     ctx = run_stage(run, cfg, "benchmark")
-    doc = report.load_results(run.root / "benchmark" / "results.json")
+    doc = results.load_results(run.root / "benchmark" / "results.json")
     rows = {r["artifact"]: r for r in doc["rows"]}
-    assert list(rows) == [a["artifact"] for a in report.artifacts(run.root, run.manifest())]
+    assert list(rows) == [a["artifact"] for a in inventory.artifacts(run.root, run.manifest())]
     assert not {"onnx_int8_dynamic", "tflite_fp16"} & set(rows)  # the fixture's quantize did not make them
     ok = {"teacher_fp32", "student_alone_fp32", "torch_fp32", "onnx_fp32", "onnx_simplified", "tflite_fp32",
           "tflite_int8"}

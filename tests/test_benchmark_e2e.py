@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline import runner
+from pipeline.run import runner
 
 
 @pytest.mark.slow

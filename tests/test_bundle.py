@@ -9,13 +9,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from fixtures.bench_run import make_tflite
+from student_fixture import run_stage, smoke_config
 
 from deploy import bundle
-from fixtures.bench_run import make_tflite
-from pipeline import report
 from pipeline.errors import UserError
-from pipeline.store import RunDir
-from student_fixture import run_stage, smoke_config
+from pipeline.export import inventory
+from pipeline.report import results, write
+from pipeline.run.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _run_runner(python: str, folder: Path, out: Path) -> dict:
     proc = subprocess.run([python, str(folder / "runner.py"), "--bundle", str(folder), "--out", str(out),
                            "--device", "test-board"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return report.load_results(out)
+    return results.load_results(out)
 
 
 def test_bundle_contents(tflite_run, tmp_path):
@@ -53,7 +54,7 @@ def test_bundle_contents(tflite_run, tmp_path):
     assert {p.name for p in folder.iterdir()} == {"bundle.json", "README.md", "requirements.txt", "runner.py",
                                                   "eval.npz", "models"}
     spec = json.loads((folder / "bundle.json").read_text())
-    assert spec["run"]["run_id"] == report.run_info(tflite_run.root)["run_id"]
+    assert spec["run"]["run_id"] == inventory.run_info(tflite_run.root)["run_id"]
     assert [m["artifact"] for m in spec["models"]] == ["tflite_int8", "tflite_fp32"]
     assert spec["models"][0]["meta"]["mean"] and (folder / spec["models"][0]["file"]).is_file()
     assert (folder / "requirements.txt").read_text().split() == ["numpy<2", "tflite-runtime==2.14.0"]
@@ -77,7 +78,7 @@ def test_bundle_runner_writes_the_results_schema(tflite_run, tmp_path, cli):
     path = next((tflite_run.root / "bundle").glob("*.tar.gz"))
     doc = _run_runner(sys.executable, _unpack(path, tmp_path / "u"), tmp_path / "res.json")
     assert doc["machine"]["device"] == "test-board"
-    assert doc["run"]["run_id"] == report.run_info(tflite_run.root)["run_id"]
+    assert doc["run"]["run_id"] == inventory.run_info(tflite_run.root)["run_id"]
     rows = {r["artifact"]: r for r in doc["rows"]}
     assert rows["tflite_int8"]["status"] == "ok" and rows["tflite_int8"]["images"] == 64
     assert "tflite_fp16" not in rows  # in bundle.formats but never written: left out of the default list
@@ -123,7 +124,7 @@ def pi_python(request):
 def test_pi_venv_accuracy_equals_the_benchmark_stage(tflite_run, tmp_path, pi_python):
     cfg = smoke_config("bundle.images=0", "benchmark.eval_images=0")
     run_stage(tflite_run, cfg, "benchmark")
-    host = {r["artifact"]: r for r in report.load_results(tflite_run.root / "benchmark" / "results.json")["rows"]}
+    host = {r["artifact"]: r for r in results.load_results(tflite_run.root / "benchmark" / "results.json")["rows"]}
     path = bundle.build(tflite_run, cfg, ["tflite_fp32", "tflite_int8"], cfg.bundle.images)
     folder = _unpack(path, tmp_path / "u")
     same = _run_runner(sys.executable, folder, tmp_path / "host.json")  # the runtime the stage used
@@ -140,7 +141,7 @@ def test_pi_venv_accuracy_equals_the_benchmark_stage(tflite_run, tmp_path, pi_py
             assert row["top1"] == expected["top1"], row["artifact"]
         else:  # tflite-runtime 2.14's int8 kernels round differently from ai-edge-litert's: a few near-ties flip
             assert abs(row["top1"] - expected["top1"]) <= 0.01, (row["artifact"], row["top1"], expected["top1"])
-    report.add(tflite_run, [tmp_path / "pi.json"], cfg.benchmark.max_drop)
+    write.add(tflite_run, [tmp_path / "pi.json"], cfg.benchmark.max_drop)
     assert "test-board" in (tflite_run.root / "benchmark" / "report.md").read_text()
 
 
@@ -156,7 +157,7 @@ def test_bundle_refuses_a_run_in_use_and_a_missing_run_folder(tflite_run, cli, t
 
 
 def test_a_cut_short_tflite_file_says_so_and_how_to_rebuild_it(tflite_dir, tmp_path):
-    from pipeline import tflite_tools
+    from pipeline.export import tflite_tools
 
     cut = tmp_path / "tflite_int8.tflite"
     whole = (tflite_dir / "tflite_int8.tflite").read_bytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.store import RunDir
+from pipeline.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESS = [sys.executable, "-m", "pipeline.cli"]

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline import config
+from pipeline import config, files
 from pipeline.errors import UserError
 
 
@@ -59,8 +59,8 @@ def test_unknown_config_name_and_bad_yaml(tmp_path):
 def test_section_hash_changes_with_content():
     a = config.load("smoke")
     b = config.load("smoke", ["teacher.epochs=9"])
-    assert config.section_hash(a.teacher) != config.section_hash(b.teacher)
-    assert config.section_hash(a.data) == config.section_hash(b.data)
+    assert files.section_hash(a.teacher) != files.section_hash(b.teacher)
+    assert files.section_hash(a.data) == files.section_hash(b.data)
 
 
 @pytest.mark.parametrize("item, message", [

@@ -7,6 +7,7 @@ import torch
 
 from pipeline import data
 from pipeline.config import DataConfig
+from pipeline.data import batches, fashion_mnist
 from pipeline.errors import UserError
 
 
@@ -21,7 +22,7 @@ def _fashion_files(folder, n_train=6, n_test=4, compress=True):
     rng = np.random.default_rng(0)
     arrays = {"train_x": rng.integers(0, 255, (n_train, 28, 28)), "train_y": np.arange(n_train) % 10,
               "test_x": rng.integers(0, 255, (n_test, 28, 28)), "test_y": np.arange(n_test) % 10}
-    for key, stem in data.FASHION_FILES.items():
+    for key, stem in fashion_mnist.FASHION_FILES.items():
         _write_idx(folder / (stem + (".gz" if compress else "")), arrays[key], compress)
     return arrays
 
@@ -37,14 +38,14 @@ def test_fashion_from_a_torchvision_root(tmp_path):
 
 def test_fashion_from_the_debian_layout(tmp_path, monkeypatch):
     _fashion_files(tmp_path / "debian")
-    monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "debian")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION", tmp_path / "debian")
     monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path / "empty")
     ds = data.load(DataConfig(download=False))
     assert len(ds.train_y) == 6 and len(ds.test_y) == 4
 
 
 def test_fashion_missing_and_corrupt(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "nowhere")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION", tmp_path / "nowhere")
     monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path / "empty")
     with pytest.raises(UserError, match="not found in .*apt-get install dataset-fashion-mnist"):
         data.load(DataConfig(download=False))
@@ -102,20 +103,20 @@ def test_synthetic_is_deterministic_and_learnable():
 
 def test_batch_augmentation_crops_and_flips_whole_batches():
     x = torch.arange(2 * 28 * 28, dtype=torch.int32).reshape(2, 1, 28, 28).to(torch.uint8)
-    out = data.augment(x, "crop_flip", torch.Generator().manual_seed(0))
+    out = batches.augment(x, "crop_flip", torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):  # every output is some 28x28 window of the padded image, maybe mirrored
         windows = [padded[i, :, dy:dy + 28, dx:dx + 28] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
-    assert data.augment(x, "none", torch.Generator()) is x
+    assert batches.augment(x, "none", torch.Generator()) is x
     with pytest.raises(UserError, match="augment"):
-        data.augment(x, "rotate", torch.Generator())
+        batches.augment(x, "rotate", torch.Generator())
 
 
 def test_batches_shard_across_ranks_without_overlap():
     x, y = torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10)
-    seen = [torch.cat([i for _, _, i in data.batches(x, y, 2, shuffle=True, seed=1, rank=r, world=2)])
+    seen = [torch.cat([i for _, _, i in batches.batches(x, y, 2, shuffle=True, seed=1, rank=r, world=2)])
             for r in range(2)]
     assert len(seen[0]) == len(seen[1]) == 5
     assert not set(seen[0].tolist()) & set(seen[1].tolist())

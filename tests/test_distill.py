@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import adaptive, config, data, distillers, models
+from pipeline import config, data, models
 from pipeline.config import DistillConfig
-from pipeline.distillers import losses
-from pipeline.distillers.base import TargetCache
+from pipeline.data import synthetic
+from pipeline.distill import adaptive, losses
+from pipeline.distill import methods as distillers
+from pipeline.distill.base import TargetCache
 from pipeline.errors import UserError
 
 SIZE = 16
@@ -87,7 +89,7 @@ def test_unknown_method_names_the_closest():
 
 
 def _dataset(n=64):
-    x, y = data.synthetic_images(n, 3, SIZE, 1, seed=1)
+    x, y = synthetic.synthetic_images(n, 3, SIZE, 1, seed=1)
     return data.Dataset("synthetic", x, y, x[:16], y[:16], ["a", "b", "c"])
 
 

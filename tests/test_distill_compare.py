@@ -5,7 +5,6 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from test_distill_stages import TINY
 
 
@@ -30,8 +29,9 @@ def _ddp_worker(rank: int, port: int, out: str):
 
     from rich.console import Console
 
-    from pipeline import adaptive, config, data, models
-    from pipeline.distillers.train import train_student
+    from pipeline import config, data, models
+    from pipeline.distill import adaptive
+    from pipeline.distill.train import train_student
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -120,5 +120,14 @@ def test_a_runs_fingerprint_sees_the_module_settings_only_where_the_method_uses_
     (tmp_path / "teacher" / "model.pt").write_bytes(b"weights")
     base, longer = (config.load("smoke", sets) for sets in ([], ["adapt.epochs=7"]))
     for method, moves in (("student", False), ("kd", False), ("fitnets", False), ("ama", True)):
-        prints = {_fingerprint(c, method, method, 0, tmp_path) for c in (base, longer)}
+        prints = {_fingerprint(c, method, method, 0, tmp_path, "code") for c in (base, longer)}
         assert (len(prints) == 2) == moves, method
+
+
+def test_a_runs_fingerprint_follows_the_distill_stages_code(tmp_path):
+    """Editing a method's file retrains its compare runs as it retrains the distill stage."""
+    from pipeline import config
+    from pipeline.compare import _fingerprint
+
+    cfg = config.load("smoke")
+    assert _fingerprint(cfg, "kd", "kd", 0, tmp_path, "a") != _fingerprint(cfg, "kd", "kd", 0, tmp_path, "b")

@@ -5,9 +5,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from pipeline import config, models
-from pipeline.runner import Context, Runner, load_stage
 from pipeline.errors import UserError
-from pipeline.store import RunDir
+from pipeline.run.rundir import RunDir
+from pipeline.run.runner import Context, Runner, load_stage
 
 TINY = ["data.synthetic_train=128", "data.synthetic_test=64", "teacher.epochs=1", "student.epochs=1",
         "adapt.epochs=1", "student.batch_size=32", "adapt.batch_size=32", "teacher.batch_size=32"]
@@ -74,8 +74,9 @@ def test_stage_out_of_range_is_refused(untrained_teacher_run):
 
 
 def test_adapted_module_of_another_student_is_refused(untrained_teacher_run):
-    from pipeline.distillers.train import load_adapted_for, load_teacher
-    from pipeline import adaptive, data
+    from pipeline import data
+    from pipeline.distill import adaptive
+    from pipeline.distill.loading import load_adapted_for, load_teacher
 
     run, cfg = untrained_teacher_run, _cfg()
     ds = data.load(cfg.data, cfg.seed)

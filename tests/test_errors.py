@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import store
-from pipeline.cli import _hoist_global_options
+from pipeline import files
+from pipeline.cli_errors import hoist_global_options as _hoist_global_options
 from pipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,18 +51,18 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(store.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(OSError) as info:
-        store.atomic_write(target, "new" * 1000)
+        files.atomic_write(target, "new" * 1000)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
 def test_a_library_error_on_a_full_disk_counts_as_full(tmp_path, monkeypatch):
-    Usage = type(store.shutil.disk_usage(tmp_path))
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(1 << 30, 1 << 30, 512))
+    Usage = type(files.shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: Usage(1 << 30, 1 << 30, 512))
     with pytest.raises(OSError) as info:
-        with store.atomic_path(tmp_path / "model.pt") as tmp:
+        with files.atomic_path(tmp_path / "model.pt") as tmp:
             tmp.write_bytes(b"partial")
             raise RuntimeError("unexpected pos 102272 vs 102192")  # what torch.save says
     assert info.value.errno == errno.ENOSPC
@@ -70,14 +70,14 @@ def test_a_library_error_on_a_full_disk_counts_as_full(tmp_path, monkeypatch):
 
 
 def test_a_write_that_cannot_happen_keeps_its_cause_on_a_nearly_full_or_pseudo_disk(tmp_path, monkeypatch):
-    Usage = type(store.shutil.disk_usage(tmp_path))
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(1 << 30, 1 << 30, 512))
+    Usage = type(files.shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: Usage(1 << 30, 1 << 30, 512))
     with pytest.raises(UserError, match=r"model.pt \(Read-only file system\); pick another path"):
-        with store.atomic_path(tmp_path / "model.pt") as tmp:
+        with files.atomic_path(tmp_path / "model.pt") as tmp:
             raise OSError(errno.EROFS, "Read-only file system", str(tmp))
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(0, 0, 0))  # what /proc and /sys report
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: Usage(0, 0, 0))  # what /proc and /sys report
     with pytest.raises(RuntimeError, match="unexpected pos"):
-        with store.atomic_path(tmp_path / "model.pt"):
+        with files.atomic_path(tmp_path / "model.pt"):
             raise RuntimeError("unexpected pos 102272 vs 102192")
 
 
@@ -88,13 +88,13 @@ def test_full_disk_mid_stage_is_one_line_and_resumable(cli, smoke_run, tmp_path,
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(store.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     result = cli(*smoke_run, "--set", "teacher.lr=0.05", "teacher")
     assert result.exit_code == 2, result.output
     assert "no space left for" in result.output and "free" in result.output and "Traceback" not in result.output
     assert (tmp_path / "run/manifest.json").read_bytes() == manifest
     assert not list((tmp_path / "run").rglob("*.tmp*"))
-    monkeypatch.setattr(store.os, "fsync", real_fsync)
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
     assert cli(*smoke_run, "--set", "teacher.lr=0.05", "teacher").exit_code == 0
 
 

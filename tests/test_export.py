@@ -5,10 +5,11 @@ import onnx
 import pytest
 import torch
 from rich.console import Console
-
-from pipeline import models, onnx_tools
-from pipeline.errors import UserError
 from student_fixture import make_run, run_stage, smoke_config
+
+from pipeline import models
+from pipeline.errors import UserError
+from pipeline.export import onnx_tools
 
 FAMILIES = ("resnet8", "wrn16_1", "mobilenetv2")
 
@@ -98,7 +99,7 @@ def check_onnx_export(arch: str, tmp_path):
 
 
 def test_no_student_checkpoint(tmp_path):
-    from pipeline.store import RunDir
+    from pipeline.run.rundir import RunDir
 
     run = RunDir(tmp_path)
     run.create()

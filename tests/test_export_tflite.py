@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-from pipeline import artifacts, models, onnx_tools, tflite_tools
 from student_fixture import smoke_config
+
+from pipeline import models
+from pipeline.export import artifacts, onnx_tools, tflite_tools
 
 pytestmark = pytest.mark.slow
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -69,7 +70,8 @@ def test_tflite_matrix(matrix, arch):
             # wide ResNets batch-normalise the stem's output, which the first residual also adds unnormalised:
             # that BN cannot fold into a conv, and PT2E leaves it in float (one float32 constant in wrn16_1)
             assert "float32" not in types or arch.startswith("wrn"), types
-            assert meta["quantization"]["input"]["dtype"] == "int8" and meta["quantization"]["output"]["dtype"] == "int8"
+            quant = meta["quantization"]
+            assert quant["input"]["dtype"] == "int8" and quant["output"]["dtype"] == "int8"
             assert meta["quantization"]["input"]["scale"] > 0
 
 

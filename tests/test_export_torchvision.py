@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import models, onnx_tools, ort_quant, tflite_tools
+from pipeline import models
+from pipeline.export import onnx_tools, ort_quant, tflite_tools
 
 pytestmark = pytest.mark.slow
 SIZE, CLASSES = 32, 5

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runner import ORDER
+from pipeline.run.runner import ORDER
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESS = [sys.executable, "-m", "pipeline.cli", "-c", "smoke"]

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import data, imagefolder, predict
+from pipeline import data, predict
 from pipeline.config import DataConfig
+from pipeline.data import batches, imagefolder, photo_scan
 from pipeline.errors import UserError
 
 
@@ -137,18 +138,18 @@ def _lacking_class(root):
 def test_a_folder_that_makes_no_sound_classifier_says_what_to_fix(tmp_path, make, message):
     make(tmp_path / "photos")
     with pytest.raises(UserError, match=message):
-        imagefolder.scan(tmp_path / "photos", 0.1, 0.1, 0)
+        photo_scan.scan(tmp_path / "photos", 0.1, 0.1, 0)
 
 
 def test_a_class_named_train_is_a_class_in_the_flat_layout(tmp_path):
     _folder(tmp_path / "photos", classes=("Train", "bus"), n=6)
-    assert imagefolder.scan(tmp_path / "photos", 0.1, 0.1, 0).classes == ["Train", "bus"]
+    assert photo_scan.scan(tmp_path / "photos", 0.1, 0.1, 0).classes == ["Train", "bus"]
 
 
 def test_root_may_start_with_a_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     _folder(tmp_path / "photos", n=6)
-    assert imagefolder.scan(Path("~/photos"), 0.1, 0.1, 0).root == str(tmp_path / "photos")
+    assert photo_scan.scan(Path("~/photos"), 0.1, 0.1, 0).root == str(tmp_path / "photos")
 
 
 def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path):
@@ -279,8 +280,8 @@ def test_image_size_upsamples_in_memory_sets():
 def test_resized_crop_flip_on_whole_batches():
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(2, 3, 32, 32)
     x = x.repeat(32, 1, 1, 1)
-    a = data.augment(x, "resized_crop_flip", torch.Generator().manual_seed(0))
-    b = data.augment(x, "resized_crop_flip", torch.Generator().manual_seed(0))
+    a = batches.augment(x, "resized_crop_flip", torch.Generator().manual_seed(0))
+    b = batches.augment(x, "resized_crop_flip", torch.Generator().manual_seed(0))
     assert a.shape == x.shape and a.dtype == torch.uint8 and torch.equal(a, b)
     changed = (a != x).flatten(1).any(1)
     assert changed.float().mean() > 0.9  # nearly every image is cropped, zoomed or flipped

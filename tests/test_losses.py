@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.distillers import losses
+from pipeline.distill import losses
 from pipeline.errors import UserError
 
 

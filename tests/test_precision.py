@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from pipeline import engine, models
+from pipeline import models
 from pipeline.errors import UserError
+from pipeline.train import precision
 
 CPU = torch.device("cpu")
 
@@ -17,27 +18,27 @@ def _cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
                                                       (False, True, "bf16")])
 def test_auto_needs_bf16_in_hardware(monkeypatch, avx512_bf16, amx, expected):
     _cpu(monkeypatch, avx512_bf16, amx)
-    assert engine.resolve_precision("auto", CPU, models.create("resnet8", 1, 10)) == expected
+    assert precision.resolve_precision("auto", CPU, models.create("resnet8", 1, 10)) == expected
 
 
 def test_auto_keeps_depthwise_nets_in_fp32(monkeypatch):
     _cpu(monkeypatch, True, True)
-    assert engine.has_depthwise(models.create("mobilenetv2", 1, 10))
-    assert not engine.has_depthwise(models.create("resnet8", 1, 10))
-    assert engine.resolve_precision("auto", CPU, models.create("mobilenetv2", 1, 10)) == "fp32"
-    assert engine.resolve_precision("auto", CPU) == "bf16"  # no model given: the hardware decides
+    assert precision.has_depthwise(models.create("mobilenetv2", 1, 10))
+    assert not precision.has_depthwise(models.create("resnet8", 1, 10))
+    assert precision.resolve_precision("auto", CPU, models.create("mobilenetv2", 1, 10)) == "fp32"
+    assert precision.resolve_precision("auto", CPU) == "bf16"  # no model given: the hardware decides
 
 
 def test_explicit_precision_is_kept(monkeypatch):
     _cpu(monkeypatch, False, False)
-    assert engine.resolve_precision("bf16", CPU, models.create("mobilenetv2", 1, 10)) == "bf16"
+    assert precision.resolve_precision("bf16", CPU, models.create("mobilenetv2", 1, 10)) == "bf16"
     with pytest.raises(UserError, match="unknown precision"):
-        engine.resolve_precision("int4", CPU)
+        precision.resolve_precision("int4", CPU)
 
 
 def test_missing_probes_mean_fp32(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
-    assert engine.resolve_precision("auto", CPU, models.create("resnet8", 1, 10)) == "fp32"
+    assert precision.resolve_precision("auto", CPU, models.create("resnet8", 1, 10)) == "fp32"
 
 
 def test_channels_last_is_dropped_where_onednn_breaks(tmp_path):
@@ -47,10 +48,10 @@ def test_channels_last_is_dropped_where_onednn_breaks(tmp_path):
     import subprocess
     import sys
 
-    assert engine.channels_last_breaks(models.create("resnet8", 3, 4, 0.25))
-    assert not engine.channels_last_breaks(models.create("resnet8", 3, 4, 1.0))
+    assert precision.channels_last_breaks(models.create("resnet8", 3, 4, 0.25))
+    assert not precision.channels_last_breaks(models.create("resnet8", 3, 4, 1.0))
     frozen = models.create("resnet8", 3, 4, 0.25).requires_grad_(False)  # a frozen teacher has no weight grads
-    assert not engine.channels_last_breaks(frozen)
+    assert not precision.channels_last_breaks(frozen)
     cmd = [sys.executable, "-m", "pipeline.cli", "-c", "smoke", "-r", str(tmp_path / "run"), "--set",
            "teacher.channels_last=true", "--set", "teacher.width=0.25", "--set", "teacher.epochs=1", "--set",
            "data.synthetic_channels=3", "--set", "data.synthetic_train=256", "teacher"]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import config, data, onnx_tools, predict
+from pipeline import config, data, predict
 from pipeline.errors import UserError
+from pipeline.export import onnx_tools
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto
-
-from pipeline import onnx_tools
-from pipeline.errors import UserError
-from pipeline.runner import Context
 from student_fixture import make_run, run_stage, smoke_config, train_student
+
+from pipeline.errors import UserError
+from pipeline.export import onnx_tools
+from pipeline.run.runner import Context
 
 # 128 test images: one image is 0.8 points, so the gate's default 1.0 would test noise here
 NO_TFLITE = ("quantize.tflite=[]", "quantize.max_drop=5.0")
@@ -80,7 +80,8 @@ def test_ort_int8_artifacts(good):
 
 def test_splits_normalised_batch_by_batch(good):
     """The stage holds each split as uint8 and normalises one batch at a time, with the same figures."""
-    from pipeline import artifacts, data
+    from pipeline import data
+    from pipeline.export import artifacts
     from stages.quantize import top1
 
     cfg, run, ctx = good
@@ -140,7 +141,7 @@ def test_empty_calibration_set(good):
 
 
 def test_wrong_shape_calibration_set(good, monkeypatch):
-    from pipeline import artifacts
+    from pipeline.export import artifacts
 
     cfg, run, _ = good
     monkeypatch.setattr(artifacts, "calibration_images", lambda ds, n, seed: torch.zeros(8, 3, 32, 32).numpy())
@@ -172,14 +173,14 @@ def test_missing_converter_fails_only_tflite(good, monkeypatch):
 
 
 def test_fallback_order_starts_with_configured_method():
-    from pipeline import ort_quant
+    from pipeline.export import ort_quant
 
     assert ort_quant.method_order("Percentile") == ["Percentile", "MinMax", "Entropy"]
     assert ort_quant.method_order("MinMax")[0] == "MinMax" and len(set(ort_quant.method_order("Entropy"))) == 3
 
 
 def test_quantizer_crash_fails_only_that_artifact(good, monkeypatch):
-    from pipeline import ort_quant
+    from pipeline.export import ort_quant
 
     cfg, run, _ = good
 
@@ -188,14 +189,15 @@ def test_quantizer_crash_fails_only_that_artifact(good, monkeypatch):
     monkeypatch.setattr(ort_quant, "static", crash)
     ctx = quantize(run, smoke_config(*NO_TFLITE, "quantize.targets=[x86, dynamic]"))
     arts = ctx.metrics["artifacts"]
-    assert arts["onnx_int8_x86"]["status"] == "failed" and "simulated quantizer crash" in arts["onnx_int8_x86"]["reason"]
+    x86 = arts["onnx_int8_x86"]
+    assert x86["status"] == "failed" and "simulated quantizer crash" in x86["reason"]
     assert arts["onnx_int8_dynamic"]["status"] == "ok" and isinstance(ctx.error, UserError)
 
 
 def test_converter_crash_fails_only_tflite(good, monkeypatch):
     import sys
 
-    from pipeline import tflite_tools
+    from pipeline.export import tflite_tools
 
     cfg, run, _ = good
     monkeypatch.setattr(tflite_tools, "CONVERTER", [sys.executable, "-c", "import os; os.abort()"])
@@ -213,7 +215,7 @@ def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(tm
     batch failed them with 'inhomogeneous shape' and the gate quietly fell back to MinMax."""
     import numpy as np
 
-    from pipeline import ort_quant
+    from pipeline.export import ort_quant
 
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     x = torch.randn(100, 1, 8, 8)
@@ -235,7 +237,6 @@ def test_artifacts_an_earlier_config_asked_for_are_removed(tmp_path):
     ctx = quantize(run, cfg)
     assert ctx.error is None and list(ctx.metrics["artifacts"]) == ["onnx_int8_dynamic"]
     assert not any(p.exists() for p in stale)
-    from pipeline import report
-
-    listed = {a["artifact"] for a in report.artifacts(run.root, {"stages": {"quantize": {"metrics": ctx.metrics}}})}
+    from pipeline.export import inventory
+    listed = {a["artifact"] for a in inventory.artifacts(run.root, {"stages": {"quantize": {"metrics": ctx.metrics}}})}
     assert "onnx_int8_dynamic" in listed and not listed & {"onnx_int8_x86", "tflite_fp32", "tflite_int8"}

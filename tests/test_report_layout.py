@@ -1,7 +1,7 @@
 """How the report reads: failed artifacts, image counts, numbers on the Pareto plot that do not collide."""
 from rich.console import Console
 
-from pipeline import report
+from pipeline.report import markdown, pareto, write
 
 
 def _row(artifact, top1, p50, device="host", images=10000, runtime="onnxruntime"):
@@ -22,45 +22,45 @@ def test_a_failed_artifact_says_failed_and_its_reason_goes_under_the_table(tmp_p
                 {"artifact": "tflite_int8", "status": "failed", "reason": REASON}])
     (tmp_path / "results.json").write_text(__import__("json").dumps(doc))
     console = Console(width=100, record=True)
-    console.print(report.rich_table(tmp_path, 0.5))
+    console.print(write.rich_table(tmp_path, 0.5))
     text = console.export_text()
     row = next(line for line in text.splitlines() if "tflite_int8" in line and "│" in line)
     assert "failed" in row and "calibration" not in row
     assert f"failed: tflite_int8 (host): {REASON}" in " ".join(text.split())
-    md = report.markdown(doc, [], 0.5)
+    md = markdown.markdown(doc, [], 0.5)
     assert "| tflite_int8 | host | failed |" in md and f"- tflite_int8 (host): {REASON}" in md
 
 
 def test_device_rows_show_how_many_images_they_were_measured_on():
     doc = _doc([_row("tflite_int8", 0.921, 0.2)])
     board = _doc([_row("tflite_int8", 0.938, 9.0, device="pi4", images=1000)], device="pi4")
-    md = report.markdown(doc, [board], 0.5)
+    md = markdown.markdown(doc, [board], 0.5)
     assert "| images |" in md
     assert "| tflite_int8 | host | 92.10 | 10000 |" in md and "| tflite_int8 | pi4 | 93.80 | 1000 |" in md
 
 
 def test_a_run_distilled_with_ama_says_plainly_that_it_ties_kd():
     doc = _doc([_row("tflite_int8", 0.921, 0.2)])
-    assert "Hinton KD" not in report.markdown(doc, [], 0.5)  # method not recorded (an older results.json)
+    assert "Hinton KD" not in markdown.markdown(doc, [], 0.5)  # method not recorded (an older results.json)
     doc["run"]["method"] = "ama"
-    assert "- Method: the adaptive module (`ama`) has not beaten plain Hinton KD" in report.markdown(doc, [], 0.5)
+    assert "- Method: the adaptive module (`ama`) has not beaten plain Hinton KD" in markdown.markdown(doc, [], 0.5)
     doc["run"]["method"] = "kd"
-    assert "Hinton KD" not in report.markdown(doc, [], 0.5)
+    assert "Hinton KD" not in markdown.markdown(doc, [], 0.5)
 
 
 def test_numbers_of_coinciding_points_do_not_overlap():
-    from pipeline.plots import _pyplot
+    from pipeline.report.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots()
     xy = [(0.275, 92.13), (0.276, 92.13), (0.29, 92.13), (0.301, 92.13), (0.127, 92.01)]
     ax.scatter(*zip(*xy))
     ax.set_xscale("log")
-    offsets = report._place_numbers(ax, xy)
+    offsets = pareto._place_numbers(ax, xy)
     pix = ax.transData.transform(xy)
     scale = fig.dpi / 72
     boxes = [(px + dx * scale, py + dy * scale, px + (dx + 11) * scale, py + (dy + 8) * scale)
              for (px, py), (dx, dy) in zip(pix, offsets)]
     plt.close(fig)
-    assert not any(report._overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(pareto._overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline import codegraph, config, runner as runner_mod
-from pipeline.store import RunDir
+from pipeline import config
+from pipeline.run import codegraph
+from pipeline.run import runner as runner_mod
+from pipeline.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,9 +95,9 @@ def test_gc_on_a_shared_cache_keeps_what_the_other_runs_use(cli, tmp_path):
 def test_import_graph_of_the_stages():
     quantize = codegraph.closure("stages.quantize")
     teacher = codegraph.closure("stages.teacher")
-    assert "pipeline.ort_quant" in quantize and "pipeline.ort_quant" not in teacher
-    assert {"pipeline.engine", "pipeline.data", "pipeline.models"} <= set(teacher)
-    assert "pipeline.distillers.ama" in codegraph.closure("stages.distill")  # loaded by name from a registry
+    assert "pipeline.export.ort_quant" in quantize and "pipeline.export.ort_quant" not in teacher
+    assert {"pipeline.train.engine", "pipeline.data", "pipeline.models"} <= set(teacher)
+    assert "pipeline.distill.methods.ama" in codegraph.closure("stages.distill")  # loaded by name from a registry
     assert "deploy.runner" in codegraph.closure("stages.benchmark")
     distill = codegraph.closure("stages.distill")  # each file once, under its module name
     assert all(part for name in distill for part in name.split(".")) and len(set(distill.values())) == len(distill)
@@ -111,10 +113,10 @@ def test_editing_a_helper_only_quantize_uses_makes_only_quantize_and_benchmark_s
     for name in r.stages:  # every stage done, as far as fingerprints go
         manifest["stages"][name] = {"fingerprint": r.fingerprint(name, manifest), "outputs": []}
     assert set(r.states(manifest).values()) == {"done"}
-    helper = copy / "pipeline" / "ort_quant.py"
+    helper = copy / "pipeline" / "export" / "ort_quant.py"
     helper.write_text(helper.read_text() + "\n# an edit\n")
     codegraph._closure.cache_clear()
-    codegraph._imported_names.cache_clear()
+    codegraph.imported_names.cache_clear()
     stale = [name for name, state in r.states(manifest).items() if state != "done"]
     assert stale == ["quantize", "benchmark"]
 
@@ -147,7 +149,7 @@ def test_restoring_onto_the_same_hard_link_leaves_no_temp_file(tmp_path):
     """rename() of one link onto another link of the same file does nothing, leaving the temp name behind."""
     import os
 
-    from pipeline import runcache
+    from pipeline.run import cache as runcache
 
     src, dst = tmp_path / "object", tmp_path / "run" / "model.onnx"
     dst.parent.mkdir()

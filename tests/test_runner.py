@@ -5,9 +5,10 @@ import json
 import pytest
 from rich.console import Console
 
-from pipeline import config, runner as runner_mod
+from pipeline import config
 from pipeline.errors import UserError
-from pipeline.store import RunDir
+from pipeline.run import runner as runner_mod
+from pipeline.run.rundir import RunDir
 
 STAGE_SOURCE = '''
 from pipeline.errors import UserError

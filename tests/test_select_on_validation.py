@@ -6,8 +6,8 @@ from rich.console import Console
 
 from pipeline import data, models
 from pipeline.config import DataConfig, TrainConfig
-from pipeline.distillers.train import epochs_to
-from pipeline.engine import Classifier, fit
+from pipeline.distill.train import epochs_to
+from pipeline.train.engine import Classifier, fit
 
 
 def test_fit_keeps_best_on_validation_and_tests_once(tmp_path, monkeypatch):
@@ -15,12 +15,14 @@ def test_fit_keeps_best_on_validation_and_tests_once(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = models.create("resnet8", 1, 4, 0.25)
     cfg = TrainConfig(arch="resnet8", epochs=3, batch_size=32, lr=0.05, precision="fp32", channels_last=False)
-    from pipeline import engine
+    from pipeline.train import engine
+    from pipeline.train import evaluate as evaluate_mod
     seen, saved = [], {}
-    real_predict = engine.predict
-    monkeypatch.setattr(engine, "predict", lambda m, x, *a, **k: (seen.append(len(x)), real_predict(m, x, *a, **k))[1])
+    real_predict = evaluate_mod.predict
+    monkeypatch.setattr(evaluate_mod, "predict",
+                        lambda m, x, *a, **k: (seen.append(len(x)), real_predict(m, x, *a, **k))[1])
     vals = iter([0.5, 0.9, 0.7])  # the second epoch is the best on validation
-    real_eval = engine.evaluate
+    real_eval = evaluate_mod.evaluate
 
     def fake_eval(m, d, split, **kw):
         out = real_eval(m, d, split, **kw)

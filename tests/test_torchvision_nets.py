@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import adaptive, distillers, models
+from pipeline import models
 from pipeline.config import DistillConfig, TrainConfig
-from pipeline.engine import make_optimizer, param_groups
+from pipeline.distill import adaptive
+from pipeline.distill import methods as distillers
 from pipeline.errors import UserError
 from pipeline.models import weights as weights_mod
+from pipeline.train.optim import make_optimizer, param_groups
 
 
 @pytest.mark.parametrize("name", list(models.TORCHVISION_NETS))

@@ -6,16 +6,21 @@ Select a net by name (``create``); an unknown name fails with the closest match 
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, unknown
 from pipeline.models import torchvision_nets
-from pipeline.models.cifar import CIFAR_NETS, StagedNet, cifar_resnet, mobilenetv2, wide_resnet  # noqa: F401
+from pipeline.models.cifar import (  # noqa: F401
+    CIFAR_NETS,
+    StagedNet,
+    cifar_resnet,
+    mobilenetv2,
+    wide_resnet,
+)
 
 TORCHVISION_NETS: dict[str, Callable[..., nn.Module]] = {
     name: (lambda name: lambda c, k, width=1.0: torchvision_nets.create(name, c, k, width))(name)
@@ -25,9 +30,7 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {**CIFAR_NETS, **TORCHVISION_NET
 
 def check_arch(name: str) -> None:
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, REGISTRY, n=1, cutoff=0.4)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"unknown model '{name}'{hint}; valid models: {', '.join(REGISTRY)}")
+        raise unknown("model", name, REGISTRY, cutoff=0.4, label="valid models")
 
 
 def create(name: str, in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
@@ -50,7 +53,7 @@ def create_from(name: str, in_channels: int, num_classes: int, width: float = 1.
 
 def save_checkpoint(path: Path, model: nn.Module, arch: str, width: float, meta: dict, **extra) -> Path:
     """Weights plus everything needed to rebuild the model and its input pipeline, atomically."""
-    from pipeline.store import save_torch
+    from pipeline.files import save_torch
 
     payload = {"arch": arch, "width": width, "in_channels": meta["channels"], "num_classes": len(meta["classes"]),
                "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},

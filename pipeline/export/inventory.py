@@ -1,0 +1,64 @@
+"""Every model file of a run, in report order, from the format table and the manifest, and the run id that
+ties a device's results to those exact files."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline.export import formats
+from pipeline.files import sha256
+
+# The models before export: the teacher and the student trained alone; the distilled student is torch_fp32.
+EXTRA_TORCH = (("teacher_fp32", "teacher", "model.pt"), ("student_alone_fp32", "distill", "baseline.pt"))
+
+
+def artifacts(run_root: Path, manifest: dict) -> list[dict]:
+    """Every model of the run, in report order; missing or failed ones carry status/reason."""
+    items = [dict(artifact=a, format="torch_fp32", stage=s, file=f, runtime="torch", precision="fp32")
+             for a, s, f in EXTRA_TORCH]
+    items += [dict(artifact=f.name, format=f.name, stage=f.stage, file=f.filename(), runtime=f.runtime,
+                   precision=f.precision) for f in formats.FORMATS]
+    out = []
+    for item in items:
+        path = Path(run_root) / item["stage"] / item.pop("file")
+        made = manifest["stages"].get(item["stage"], {}).get("metrics", {}).get("artifacts")
+        if made is not None and item["format"] not in made:  # not asked for by this run's config (quantize.tflite)
+            continue
+        entry = (made or {}).get(item["format"])
+        if entry and entry.get("status") != "ok" and item["artifact"] == item["format"]:
+            out.append({**item, "status": "failed", "reason": f"{item['stage']}: {entry.get('reason', 'failed')}"})
+        elif not path.is_file():
+            out.append({**item, "status": "failed", "reason": f"{path.name} not written by stage '{item['stage']}'"})
+        else:
+            out.append({**item, "path": str(path), "bytes": path.stat().st_size})
+    return out
+
+
+def run_info(run_root: Path) -> dict:
+    """run_id: a hash of every model file of the run, so results of other models are refused on merge."""
+    files = {a["artifact"]: sha256(Path(a["path"])) for a in artifacts(run_root, {"stages": {}}) if "path" in a}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return {"run_id": digest, "run_dir": str(run_root)}
+
+
+def settings(bcfg) -> dict:
+    """The measurement settings deploy.runner reads (also written into bundles)."""
+    keys = ("threads", "warmup_runs", "min_runs", "min_seconds", "throughput_batch", "throughput_seconds",
+            "eval_batch")
+    return {k: getattr(bcfg, k) for k in keys}
+
+
+def write_eval_set(path: Path, ds, limit: int, split: str = "test") -> Path:
+    """The split's images (uint8 NCHW), labels and the normalisation the models were trained with, as one npz."""
+    import numpy as np
+
+    from pipeline.files import atomic_path
+
+    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+    n = len(y) if limit <= 0 else min(limit, len(y))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, images=x[:n].numpy(), labels=y[:n].numpy(),
+                                mean=np.asarray(ds.mean, np.float32), std=np.asarray(ds.std, np.float32))
+    return path

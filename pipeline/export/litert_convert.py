@@ -1,0 +1,162 @@
+"""PyTorch -> TFLite fp32 / fp16 / full-integer int8 with litert-torch, run as its own process:
+``python -m pipeline.export.litert_convert jobs.json`` (pipeline/export/tflite_tools.py writes the jobs and reads
+the results).
+
+Why litert-torch: it is Google's maintained converter and takes every registered net (our CIFAR nets and
+torchvision's MobileNets, EfficientNet, ShuffleNets, ResNets) straight from PyTorch, so there is no ONNX ->
+TensorFlow translation of our own to keep up with new operators, and no TensorFlow dependency.
+
+Why a subprocess still: the conversion runs MLIR / flatbuffer C++ code, and an abort or segfault there must fail
+only the TFLite artifacts, not the quantize stage; one conversion also peaks at ~1.6 GB, which goes back to
+the system when the process ends, and jax/litert imports (several seconds) stay out of the pipeline process.
+One process converts every precision of every job it is given.
+
+Calls: fp32 is ``litert_torch.convert``; fp16 weights use litert-torch's
+``full_fp16_recipe`` as quant_config; int8 is PT2E: symmetric per-channel static quantizer, ``prepare_pt2e``
+on a strict ``torch.export`` (strict export leaves residual adds quantizable), calibration on the
+representative images, ``convert_pt2e``, then ``convert`` with that quantizer, which gives int8 input and output
+tensors whose scale and zero point we record. The model is wrapped to take NHWC input (what TFLite runtimes
+and our deploy runner feed); the batch dimension is 1, the batch size of on-device inference.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+METADATA_NAME = "compress"
+
+
+def _nhwc(model, shape_chw):
+    import litert_torch
+    import torch
+
+    c, h, w = shape_chw
+    wrapped = litert_torch.to_channel_last_io(model.eval(), args=[0]).eval()
+    return wrapped, (torch.zeros(1, h, w, c),)
+
+
+def _fp32(model, args, calib):
+    import litert_torch
+
+    return litert_torch.convert(model, args)
+
+
+def _fp16(model, args, calib):
+    import litert_torch
+    from litert_torch.generative.quantize import quant_recipes
+
+    return litert_torch.convert(model, args, quant_config=quant_recipes.full_fp16_recipe())
+
+
+def _int8(model, args, calib):
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    try:
+        graph = torch.export.export(model, args, strict=True).module()
+    except Exception:  # strict export refuses some Python constructs; non-strict only leaves adds in float
+        graph = torch.export.export(model, args).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for image in calib:
+            prepared(torch.from_numpy(image[None]))
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    return litert_torch.convert(converted, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
+CONVERTERS = {"fp32": _fp32, "fp16": _fp16, "int8": _int8}
+
+
+def quant_params(model_bytes: bytes) -> dict:
+    """Input/output dtype and (scale, zero point) as the interpreter reports them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model_bytes)
+    out = {}
+    for key, det in (("input", interp.get_input_details()[0]), ("output", interp.get_output_details()[0])):
+        scale, zero = det["quantization"]
+        out[key] = {"dtype": np.dtype(det["dtype"]).name, "scale": float(scale), "zero_point": int(zero)}
+    return out
+
+
+def with_metadata(model_bytes: bytes, meta: dict) -> bytes:
+    """Add ``meta`` as a JSON string in the flatbuffer's metadata list under the name 'compress'
+    (the schema and object API that ai_edge_litert ships, so no TensorFlow is needed)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model_bytes, 0))
+    for buf in model.buffers or []:
+        # litert writes some constants after the flatbuffer, addressed by offset; repacking would drop
+        # that tail, so those move inside (fine below the flatbuffer's 2 GB limit)
+        if buf.offset > 1:
+            buf.data = np.frombuffer(model_bytes[buf.offset:buf.offset + buf.size], np.uint8)
+            buf.offset = buf.size = 0
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    builder = flatbuffers.Builder(len(model_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def convert_one(model, job: dict, precision: str, calib) -> dict:
+    c, h, w = job["metadata"]["input_size"]
+    started = time.perf_counter()
+    wrapped, args = _nhwc(model, (c, h, w))
+    path = Path(job["outputs"][precision])
+    tmp = path.with_name(f".{path.name}.tmp")
+    CONVERTERS[precision](wrapped, args, calib).export(str(tmp))
+    raw = tmp.read_bytes()
+    params = quant_params(raw)
+    meta = {**job["metadata"], "format": f"tflite_{precision}", "layout": "NHWC", "input_size": [h, w, c],
+            "quantization": params, "converter": "litert-torch"}
+    tmp.write_bytes(with_metadata(raw, meta))
+    tmp.replace(path)
+    return {"status": "ok", "convert_seconds": round(time.perf_counter() - started, 2), **params}
+
+
+def convert_job(job: dict) -> dict:
+    """Every precision of one job; a failure is recorded per precision, never raised."""
+    from pipeline import models
+    from pipeline.errors import UserError
+
+    try:
+        model, _ = models.load_model(Path(job["checkpoint"]))
+    except UserError as exc:
+        return {p: {"status": "failed", "reason": f"cannot convert to TFLite: {exc}"} for p in job["outputs"]}
+    calib = np.load(job["calibration"]).transpose(0, 2, 3, 1).copy() if job.get("calibration") else None
+    results = {}
+    for precision in job["outputs"]:
+        try:
+            results[precision] = convert_one(model.eval(), job, precision, calib)
+        except Exception as exc:  # one failed precision must not stop the others
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            results[precision] = {"status": "failed",
+                                  "reason": f"litert-torch failed for {precision}: {type(exc).__name__}: {first}"}
+    return results
+
+
+def main(jobs_path: str) -> None:
+    """Run a list of jobs (one start-up for all of them) and write their results."""
+    spec = json.loads(Path(jobs_path).read_text())
+    results = [convert_job(job) for job in spec["jobs"]]
+    Path(spec["result"]).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

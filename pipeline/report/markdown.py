@@ -1,0 +1,124 @@
+"""report.md and the terminal table: the table, what failed, validation beside test, and the sentences
+the page is for."""
+from __future__ import annotations
+
+from pipeline.report.table import REFERENCE, p50, recommended, table, timed
+
+
+def _fmt(value, spec: str = ".3f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+COLUMNS = ("artifact", "device", "top-1 %", "images", "drop (pts)", "p50 ms", "p90 ms", "speedup vs eager",
+           "p50 all cores", "img/s", "size KiB", "peak RSS MB")
+
+
+SHORT = {"top-1 %": "top-1 %", "drop (pts)": "drop", "speedup vs eager": "x eager", "size KiB": "KiB"}
+
+
+def cells(row: dict, best: dict) -> list[str]:
+    """One table row; a failed artifact says only "failed" (its reason goes under the table, see failures)."""
+    name = row["artifact"] + (" *" if best.get(row["device"]) == row["artifact"] else "")
+    if row["status"] != "ok":
+        return [name, row["device"], "failed"] + ["-"] * (len(COLUMNS) - 3)
+    lat, allc = row.get("latency", {}).get("one_thread", {}), row.get("latency", {}).get("all_cores", {})
+    return [name, row["device"], _fmt(100 * row["top1"] if row.get("top1") is not None else None, ".2f"),
+            _fmt(row.get("images"), "d"), _fmt(row.get("drop_pts"), "+.2f"), _fmt(lat.get("p50_ms")),
+            _fmt(lat.get("p90_ms")),
+            _fmt(row.get("speedup"), ".1f", "x"), _fmt(allc.get("p50_ms")),
+            _fmt(row.get("throughput", {}).get("images_per_s"), ".0f"),
+            _fmt(row["bytes"] / 1024 if row.get("bytes") else None, ".1f"), _fmt(row.get("peak_rss_mb"), ".0f")]
+
+
+def failures(rows: list[dict]) -> list[str]:
+    """Why each failed artifact failed, one line each, for under the table."""
+    return [f"{r['artifact']} ({r['device']}): {r.get('reason') or 'no reason recorded'}"
+            for r in rows if r["status"] != "ok"]
+
+
+TORCH_NAMES = {"teacher_fp32": "the teacher", "student_alone_fp32": "the student trained alone",
+               REFERENCE: "the distilled student"}
+
+
+def story(rows: list[dict], device: str) -> list[str]:
+    """The sentences the page is for: what distillation gained, what quantization cost and bought; none of them
+    drawn from a model whose BatchNorm statistics do not match its weights (pipeline/train/batchnorm.py)."""
+    from pipeline.train.batchnorm import stale_line
+
+    got = {r["artifact"]: r for r in rows if r["device"] == device and r["status"] == "ok" and r.get("top1")}
+    stale = [line for a, name in TORCH_NAMES.items() if a in got
+             if (line := stale_line(name.capitalize(), got[a].get("bn_check")))]
+    lines = [f"- {line}." for line in stale]
+    trusted = {a: r for a, r in got.items() if not (r.get("bn_check") or {}).get("stale")}
+    if {"teacher_fp32", "student_alone_fp32", REFERENCE} <= set(trusted):
+        lines += distillation(*(100 * trusted[a]["top1"] for a in ("teacher_fp32", "student_alone_fp32", REFERENCE)))
+    quant = [r for r in got.values() if r.get("precision", "").startswith("int8") and "drop_pts" in r and timed(r)]
+    if quant and REFERENCE in trusted and timed(got[REFERENCE]):
+        fast = min(quant, key=p50)
+        lines.append(f"- Quantization: the fastest INT8 model ({fast['artifact']}) costs {fast['drop_pts']:+.2f} "
+                     f"points and runs {got[REFERENCE]['latency']['one_thread']['p50_ms'] / p50(fast):.1f}x "
+                     "faster than PyTorch eager (batch 1, one thread).")
+    return lines
+
+
+def distillation(t: float, s: float, d: float) -> list[str]:
+    """The distillation line: both students are the same net trained on the same budget and seed, measured in
+    PyTorch fp32 on the same test images, so the difference is what distillation did."""
+    gain = d - s
+    verdict = ("distillation gained" if gain > 0 else "distillation cost" if gain < 0 else "distillation changed")
+    line = (f"- Distillation: distilled student {d:.2f}% against {s:.2f}% for the same student trained alone on the "
+            f"same budget (test top-1, PyTorch fp32): {verdict} {abs(gain):.2f} points; the teacher scored {t:.2f}%.")
+    if t <= s:
+        line += (" The teacher is no better than the student alone, so it has little to teach: train it longer "
+                 "(teacher.epochs) or start from a stronger one (teacher.weights with teacher.epochs: 0).")
+    return [line]
+
+
+def method_note(method: str | None) -> list[str]:
+    """What is known of the distillation method the run used, beside what this run measured."""
+    if method != "ama":
+        return []
+    return ["- Method: the adaptive module (`ama`) has not beaten plain Hinton KD in our measurements: on "
+            "Fashion-MNIST it ties KD on every budget, teacher and student tried (docs/method.md). "
+            "`compress compare` measures both on your data: "
+            "`--set 'compare.methods=[student,kd,ama]'`."]
+
+
+def splits(rows: list[dict]) -> list[str]:
+    """Validation beside test top-1 for the rows measured on both: the recommendation reads the first, the
+    table above shows the second."""
+    both = [r for r in rows if r["status"] == "ok" and r.get("val_top1") is not None and r.get("top1") is not None]
+    if not both:
+        return []
+    out = ["", "Validation (used to choose) and test (reported) top-1 %:", "",
+           "| artifact | device | validation top-1 % | val drop (pts) | test top-1 % |", "|---|---|---|---|---|"]
+    return out + [f"| {r['artifact']} | {r['device']} | {100 * r['val_top1']:.2f} | "
+                  f"{_fmt(r.get('val_drop_pts'), '+.2f')} | {100 * r['top1']:.2f} |" for r in both]
+
+
+def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
+    rows = table(doc, extras)
+    best = recommended(rows, max_drop)
+    m = doc["machine"]
+    out = [f"# Benchmark report - run {doc['run']['run_id']}", "",
+           f"Host: {m['device']}, {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}; runtimes "
+           + ", ".join(f"{k} {v}" for k, v in m.get("runtimes", {}).items()) + ".",
+           f"Latency: batch 1, warm-up then at least {doc['settings'].get('min_runs')} runs and "
+           f"{doc['settings'].get('min_seconds')} s; drop is top-1 points against the fp32 distilled student; "
+           f"* marks the recommended artifact per device (fastest within {max_drop} points).", ""]
+    for d in extras:
+        dm = d["machine"]
+        out.append(f"Device {dm['device']}: {dm.get('cpu', '?')}, {dm.get('cores', '?')} cores, {dm.get('os', '?')}."
+                   + (f" Emulated by qemu {dm.get('qemu', '?')}: accuracy only, no latency (emulated time says "
+                      "nothing about a board)." if dm.get("emulated") else ""))
+    out += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(cells(r, best)) + " |" for r in rows]
+    if failed := failures(rows):
+        out += ["", "Failed:", ""] + [f"- {line}" for line in failed]
+    out += splits(rows)
+    out += ["", "## What it says", ""] + story(rows, m["device"]) + method_note(doc["run"].get("method"))
+    out += [f"- Recommended on {dev}: **{art}**." for dev, art in best.items()] or ["- No artifact is within "
+                                                                                   f"{max_drop} points."]
+    return "\n".join(out) + "\n"
+
+

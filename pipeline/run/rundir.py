@@ -1,0 +1,81 @@
+"""The run directory: atomic writes, sha256 of files, the manifest and the single-writer lock."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.files import atomic_json, cannot_write
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+class RunDir:
+    """``runs/<name>/``: one folder per stage, config.yaml and manifest.json at the top."""
+
+    def __init__(self, root: Path, cache_dir: Path | None = None):
+        from pipeline.run.cache import RunCache
+
+        self.root = Path(root)
+        self.cache = RunCache(cache_dir or self.root / ".cache")
+
+    def stage_dir(self, stage: str) -> Path:
+        path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def manifest(self) -> dict:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {"stages": {}}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is corrupt ({exc.msg}); move it away to rebuild every stage") from exc
+
+    def record(self, stage: str, entry: dict) -> None:
+        manifest = self.manifest()
+        manifest["stages"][stage] = entry
+        atomic_json(self.root / MANIFEST, manifest)
+
+    def create(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise cannot_write(exc, f"run directory {self.root}", "pick another with --run-dir") from exc
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold an exclusive lock for this process; a second ``compress`` on the same run refuses to start.
+
+        flock is released by the kernel when the process dies, even by kill -9, so a crash never leaves
+        a stale lock behind.
+        """
+        self.create()
+        fh = open(self.root / LOCK, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UserError(f"run directory {self.root} is in use by {holder}; wait for it or use another --run-dir")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')} "
+                 f"({' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))})")
+        fh.flush()
+        try:
+            yield self
+        finally:
+            fh.close()

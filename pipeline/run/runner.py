@@ -1,0 +1,305 @@
+"""Stage order, fingerprints and the skip / stale decision (make- and dvc.lock-style)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from rich.console import Console
+
+import pipeline
+from pipeline import config as config_mod
+from pipeline import preflight
+from pipeline.errors import UserError
+from pipeline.files import atomic_write, file_record, sha256
+from pipeline.run import codegraph
+from pipeline.run.rundir import RunDir
+
+# The pipeline, in order. Each name is a module in stages/.
+ORDER = ["teacher", "adapt", "distill", "export", "simplify", "quantize", "benchmark"]
+
+
+def available() -> list[str]:
+    """Stages whose module exists (the pipeline grows one stage at a time)."""
+    return [name for name in ORDER if importlib.util.find_spec(f"stages.{name}") is not None]
+
+
+def load_stage(name: str):
+    return importlib.import_module(f"stages.{name}")
+
+
+def upstream(mod, cfg) -> tuple[str, ...]:
+    """The stages ``mod`` reads from: its ``upstream(cfg)`` where what it reads depends on the config."""
+    return tuple(mod.upstream(cfg)) if hasattr(mod, "upstream") else mod.UPSTREAM
+
+
+def _is_log(path: str) -> bool:
+    """A training log or a picture of one: its timings change on every rerun and no stage reads it, so a stage
+    retrained to the same weights leaves the stages after it done."""
+    return Path(path).name == "metrics.jsonl" or path.endswith(".png")
+
+
+def sections(mod, cfg) -> tuple[str, ...]:
+    return tuple(mod.sections(cfg)) if hasattr(mod, "sections") else mod.SECTIONS
+
+
+@dataclass
+class Context:
+    """What a stage gets: the frozen config, its own folder, and read access to the run."""
+
+    cfg: config_mod.Config
+    run: RunDir
+    name: str
+    fingerprint: str
+    console: Console
+    debug: bool = False
+    metrics: dict = field(default_factory=dict)
+    _scratch: Path | None = None
+
+    @property
+    def dir(self) -> Path:
+        """This stage's folder. Under torchrun only rank 0 writes the run; other ranks get a scratch folder."""
+        if is_main_process():
+            return self.run.stage_dir(self.name)
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"compress-rank{os.environ.get('RANK')}-{self.name}-"))
+            resume = self.run.root / self.name / "last.pt"
+            if resume.exists():  # every rank must resume from the same epoch as rank 0
+                shutil.copy(resume, self._scratch / "last.pt")
+        return self._scratch
+
+    def discard_scratch(self) -> None:
+        """Remove the scratch folder of a rank other than 0, once the stage is done."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def input(self, stage: str, filename: str) -> Path:
+        """A file written by an upstream stage; a clear error if it is not there."""
+        path = self.run.root / stage / filename
+        if not path.exists():
+            raise UserError(f"{path} is missing; run 'compress {stage}' (or 'compress all') first")
+        return path
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    """Keep torchrun ranks in step between stages (rank 0 writes the manifest the others read)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+
+
+def _env() -> dict:
+    versions = {}
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"python": platform.python_version(), "machine": platform.machine(),
+            "system": f"{platform.system()} {platform.release()}", "packages": versions}
+
+
+class Runner:
+    def __init__(self, cfg: config_mod.Config, run: RunDir, console: Console, debug: bool = False):
+        self.cfg, self.run, self.console, self.debug = cfg, run, console, debug
+        self.stages = available()
+        self._external: dict[str, str] = {}
+
+    def fingerprint(self, name: str, manifest: dict) -> str:
+        """Stage name + the source of every module of ours it imports + its config sections + its inputs, those
+        from upstream stages and those from outside the run (``external``)."""
+        mod = load_stage(name)
+        secs = sections(mod, self.cfg)
+        payload = {
+            "stage": name,
+            "code": self.code_hash(name),
+            "version": pipeline.__version__,
+            "config": {s: _as_json(self.cfg.section(s)) for s in secs},
+            "inputs": {up: [o["sha256"] for o in manifest["stages"].get(up, {}).get("outputs", [])
+                            if not _is_log(o.get("path", ""))]
+                       for up in upstream(mod, self.cfg)},
+        }
+        if files := {k: self.external(k) for k in _external_keys(self.cfg, secs)}:
+            payload["files"] = files
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def code_hash(self, name: str) -> str:
+        """The source of stage ``name`` and of every module of ours it runs, for this config."""
+        return codegraph.code_hash(f"stages.{name}", self.chosen_modules(f"stages.{name}"))
+
+    def chosen_modules(self, module: str) -> tuple[str, ...]:
+        """The modules ``module`` loads by a config value rather than an import: the data source
+        ``data.dataset`` names, for a stage that loads data (pipeline/data/__init__.py)."""
+        source = f"pipeline.data.{self.cfg.data.dataset}"
+        if "pipeline.data" in codegraph.closure(module) and codegraph.module_file(source):
+            return (source,)
+        return ()
+
+    def external(self, key: str) -> str:
+        """What the file or folder behind config key ``key`` holds now, hashed once per process: a weights
+        file's sha256, or a photo folder's image list with sizes and mtimes (as its decode cache keys it)."""
+        if key not in self._external:
+            self._external[key] = _external_hash(self.cfg, key)
+        return self._external[key]
+
+    def states(self, manifest: dict) -> dict[str, str]:
+        """done, stale or missing for every stage, in order, each stage's outputs hashed once.
+
+        A stage is only done if everything it reads from is done too.
+        """
+        known: dict[str, str] = {}
+        for name in self.stages:
+            known[name] = self._own_state(name, manifest, known)
+        return known
+
+    def state(self, name: str, manifest: dict) -> str:
+        return self.states(manifest)[name]
+
+    def _own_state(self, name: str, manifest: dict, known: dict[str, str]) -> str:
+        entry = manifest["stages"].get(name)
+        if not entry:
+            return "missing"
+        if any(known[up] != "done" for up in upstream(load_stage(name), self.cfg) if up in known):
+            return "stale"
+        if entry.get("fingerprint") != self.fingerprint(name, manifest):
+            return "stale"
+        for out in entry.get("outputs", []):
+            path = self.run.root / out["path"]
+            if not path.exists() or path.stat().st_size != out["bytes"] or sha256(path) != out["sha256"]:
+                return "stale"
+        return "done"
+
+    def select(self, to: str | None = None, start: str | None = None) -> list[str]:
+        for stage in (to, start):
+            if stage is not None and stage not in self.stages:
+                raise UserError(f"unknown stage '{stage}'; stages are: {', '.join(self.stages)}")
+        first = self.stages.index(start) if start else 0
+        last = self.stages.index(to) if to else len(self.stages) - 1
+        if first > last:
+            raise UserError(f"--from {start} comes after --to {to}")
+        return self.stages[first:last + 1]
+
+    def run_all(self, selected: list[str], force: str | None = None) -> None:
+        if force is not None and force not in self.stages:
+            raise UserError(f"unknown stage '{force}' for --force; stages are: {', '.join(self.stages)}")
+        if is_main_process():
+            self.run.create()
+        if force is not None and force not in selected and self.stages.index(force) > self.stages.index(selected[-1]):
+            raise UserError(f"--force {force} comes after the last stage selected ({selected[-1]}); nothing would "
+                            "rerun: drop --to or force an earlier stage")
+        forced = set(self.stages[self.stages.index(force):]) if force else set()
+        states = self.states(self.run.manifest())
+        for name in self.stages[:self.stages.index(selected[0])]:
+            if states[name] != "done":
+                raise UserError(f"stage '{name}' is {'not done' if states[name] == 'missing' else 'stale'}; run "
+                                f"without --from, or 'compress {name}' first")
+        to_run = [n for n in selected if n in forced or states[n] != "done"]
+        if to_run:
+            preflight.check(self.cfg, to_run)
+        for name in selected:
+            if name not in forced and states[name] == "done":
+                self.console.print(f"[dim]{name}: up to date, skipped[/dim]")
+                continue
+            manifest = self.run.manifest()
+            fingerprint = self.fingerprint(name, manifest)
+            cached = None if name in forced else self.run.cache.lookup(name, fingerprint)
+            if cached is not None:
+                self._restore(name, cached)
+            else:
+                if name in forced:  # --force trains from scratch, not from the resume state
+                    if is_main_process():
+                        for resume in (self.run.root / name).rglob("last.pt"):
+                            resume.unlink()
+                    _barrier()  # before any torchrun rank looks for it (Context.dir)
+                self._run_stage(name, fingerprint)
+            if is_main_process():  # the config of what ran; a run that fails before any stage leaves it alone
+                atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
+            states = self.states(self.run.manifest())  # what ran changes what comes after it
+
+    def _restore(self, name: str, entry: dict) -> None:
+        """A stage seen before with the same fingerprint: its outputs come back from the run-cache."""
+        if is_main_process():
+            self.run.cache.restore(entry, self.run.root)
+            self.run.record(name, {**entry, "restored": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            self.console.print(f"{name}: restored from the run-cache (first run {entry['finished']}, "
+                               f"{entry['seconds']:.1f} s of work saved)")
+        _barrier()
+
+    def _run_stage(self, name: str, fingerprint: str) -> None:
+        mod = load_stage(name)
+        ctx = Context(self.cfg, self.run, name, fingerprint, self.console, self.debug)
+        self.console.rule(f"[bold]{name}")
+        started = time.time()
+        outputs = mod.run(ctx)
+        if is_main_process():
+            entry = {
+                "fingerprint": ctx.fingerprint,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seconds": round(time.time() - started, 2),
+                "outputs": [file_record(p, self.run.root) for p in outputs],
+                "metrics": ctx.metrics,
+                "env": _env(),
+            }
+            self.run.cache.save(name, entry, self.run.root)
+            self.run.record(name, entry)
+            self.console.print(f"{name}: done in {entry['seconds']:.1f} s")
+        else:
+            ctx.discard_scratch()
+        _barrier()
+
+    def status_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """stage, state, finished, took, number of variants in the run-cache."""
+        manifest = self.run.manifest()
+        states = self.states(manifest)
+        rows = []
+        for name in self.stages:
+            entry = manifest["stages"].get(name, {})
+            seconds = entry.get("seconds")
+            rows.append((name, states[name], entry.get("finished", "-"),
+                         f"{seconds:.1f} s" if seconds is not None else "-", str(len(self.run.cache.variants(name)))))
+        return rows
+
+
+def _external_keys(cfg: config_mod.Config, secs: tuple[str, ...]) -> list[str]:
+    """The config keys among ``secs`` that name data outside the run folder which can change under the same
+    config: a photo folder and starting weights. (Fashion-MNIST and CIFAR-10 are fixed public files.)"""
+    keys = []
+    if "data" in secs and cfg.data.dataset == "imagefolder":
+        keys.append("data.root")
+    for net in ("teacher", "student"):
+        weights = cfg.section(net).weights
+        if (net in secs or f"{net}.weights" in secs) and weights and weights != "DEFAULT":
+            keys.append(f"{net}.weights")
+    return keys
+
+
+def _external_hash(cfg: config_mod.Config, key: str) -> str:
+    """A hash of what ``key`` names now; an unreadable path hashes as the error, so its stage is stale and the
+    stage itself reports the error when it runs."""
+    try:
+        if key == "data.root":
+            from pipeline.data import imagefolder, photo_scan
+            d = cfg.data
+            return imagefolder.content(photo_scan.scan(Path(d.root), d.test_fraction, d.val_fraction, cfg.seed))
+        return sha256(Path(cfg.section(key.split(".")[0]).weights).expanduser())
+    except (OSError, UserError) as exc:
+        return f"unreadable: {exc}"
+
+
+def _as_json(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
