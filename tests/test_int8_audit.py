@@ -1,0 +1,117 @@
+"""pipeline/int8_audit.py on tiny conv nets (16 px): ONNX Runtime int8 coverage (MAC share, float ops left), <1 s,
+and TFLite XNNPACK partitions (two litert-torch int8 conversions: 7-12 s on the 2-core machine, under the 20 s
+this file may take; mark it slow if it grows past that)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.export import int8_audit, onnx_tools, ort_quant
+
+
+class Tiny(nn.Module):
+    """conv-relu-[mid]-conv-relu-pool-fc."""
+
+    def __init__(self, mid: nn.Module | None = None, act: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(3, 8, 3, padding=1), act()
+        self.mid = mid or nn.Identity()
+        self.c2, self.a2 = nn.Conv2d(8, 16, 3, padding=1, stride=2), act()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.mid(self.a1(self.c1(x)))
+        return self.fc(torch.flatten(self.pool(self.a2(self.c2(x))), 1))
+
+
+class Sin(nn.Module):  # an op ONNX Runtime's quantizer has no int8 kernel for: it stays float between Q/DQ
+    def forward(self, x):
+        return torch.sin(x)
+
+
+def _calib(n: int = 8) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 3, 16, 16)).astype(np.float32)
+
+
+def _ort_int8(tmp_path, model: nn.Module, float_nodes=lambda pre: []):
+    """The model through export, quant_pre_process and the 'x86' static QDQ quantization, with the nodes that
+    ``float_nodes(preprocessed proto)`` names left out of quantization."""
+    fp32, pre, int8 = tmp_path / "fp32.onnx", tmp_path / "pre.onnx", tmp_path / "int8.onnx"
+    onnx_tools.export(model.eval(), fp32, 3, 16, 17)
+    ort_quant.preprocess(fp32, pre)
+    ort_quant.static(pre, int8, _calib(), "x86", "MinMax", True, float_nodes(onnx_tools.load(pre, check=False)))
+    return fp32, int8
+
+
+C1, C2, FC = 16 * 16 * 8 * 3 * 9, 8 * 8 * 16 * 8 * 9, 16 * 4  # MACs of the two convs and the classifier
+
+
+def test_relu_conv_net_is_all_int8(tmp_path):
+    torch.manual_seed(0)
+    fp32, int8 = _ort_int8(tmp_path, Tiny())
+    audit = int8_audit.onnx_audit(int8)
+    assert audit["int8_mac_share"] == 1.0
+    assert audit["int8_kernels"].get("QLinearConv") == 2 and audit["float_convs"] == 0
+    assert audit["int8_macs"] == C1 + C2 + FC
+    assert audit["quantize"] >= 1 and audit["dequantize"] >= 1  # the float input and the float logits
+    assert int8_audit.summary(audit).startswith("int8 kernels 100% of MACs")
+    fp = int8_audit.onnx_audit(fp32)  # the float file: the same MACs, none of them int8
+    assert fp["int8_mac_share"] == 0.0 and fp["float_macs"] == audit["int8_macs"]
+
+
+def test_float_op_between_convs_shows_up(tmp_path):
+    """A float-only op between the convs: the convs still run as QLinearConv (the MAC share stays 100%), the op
+    runs in float between a DequantizeLinear and a QuantizeLinear and is counted as a float op."""
+    torch.manual_seed(0)
+    _, int8 = _ort_int8(tmp_path, Tiny(mid=Sin()))
+    audit = int8_audit.onnx_audit(int8)
+    assert audit["float_ops"].get("Sin") == 1
+    assert audit["int8_mac_share"] == 1.0
+    assert "1 Sin" in int8_audit.summary(audit)
+    torch.manual_seed(0)
+    _, plain = _ort_int8(tmp_path, Tiny())
+    assert audit["quantize"] > int8_audit.onnx_audit(plain)["quantize"]
+
+
+def test_float_conv_lowers_mac_share(tmp_path):
+    """The quantize gate's fallback (ort_quant.sensitive_nodes: first conv and classifier in float): their MACs
+    count as float."""
+    torch.manual_seed(0)
+    _, int8 = _ort_int8(tmp_path, Tiny(), ort_quant.sensitive_nodes)
+    audit = int8_audit.onnx_audit(int8)
+    assert audit["float_convs"] == 2  # the first Conv and the Gemm
+    assert (audit["int8_macs"], audit["float_macs"]) == (C2, C1 + FC)
+    assert audit["int8_mac_share"] == pytest.approx(C2 / (C1 + C2 + FC))
+    assert int8_audit.summary(audit).startswith("int8 kernels 57% of MACs")
+
+
+def test_float_weight_conv_between_qdq_is_quantized_by_ort(tmp_path):
+    """A conv excluded from quantization but sitting between DequantizeLinear and QuantizeLinear: ORT quantizes
+    its weight itself ('<node>_weight_q') and runs QLinearConv; the audit still finds its MACs."""
+    torch.manual_seed(0)
+    _, int8 = _ort_int8(tmp_path, Tiny(), lambda p: [n.name for n in p.graph.node if n.op_type == "Conv"][1:])
+    audit = int8_audit.onnx_audit(int8)
+    assert audit["int8_kernels"].get("QLinearConv") == 2 and audit["unmatched_mac_ops"] == {}
+    assert audit["int8_mac_share"] == 1.0
+
+
+def test_tflite_hardswish_leaves_xnnpack(tmp_path):
+    """litert-torch PT2E int8 as the pipeline converts: ReLU -> one XNNPACK partition; hard-swish -> int8
+    HARD_SWISH ops on TFLite's builtin kernels, which split the graph."""
+    from pipeline.export import litert_convert
+
+    calib = _calib().transpose(0, 2, 3, 1).copy()
+    audits = {}
+    for act in (nn.ReLU, nn.Hardswish):
+        torch.manual_seed(0)
+        wrapped, args = litert_convert._nhwc(Tiny(act=act).eval(), (3, 16, 16))
+        path = tmp_path / f"{act.__name__}.tflite"
+        litert_convert._int8(wrapped, args, calib).export(str(path))
+        audits[act.__name__] = int8_audit.tflite_audit(path)
+    relu, hswish = audits["ReLU"], audits["Hardswish"]
+    assert relu["int8_file"] and relu["partitions"] == 1 and relu["outside"] == {}
+    assert int8_audit.summary(relu).endswith("1 partition")
+    assert hswish["outside_int8"].get("HARD_SWISH") == 2
+    assert "HARD_SWISH outside XNNPACK" in int8_audit.summary(hswish)
