@@ -147,6 +147,16 @@ def compare():
         compare_mod.run(cfg, run, console)
 
 
+@app.command()
+def inspect(path: Annotated[Path, typer.Argument(help="A .tflite or .onnx model file.")]):
+    """Which ops of a model file run in int8 kernels: XNNPACK partitions of a TFLite file, or the graph ONNX
+    Runtime optimizes an ONNX file into (quantize/dequantize pairs, float ops, int8 share of the MACs)."""
+    from pipeline.export import int8_audit
+
+    for line in int8_audit.inspect(path):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 @app.command("report")
 def report_cmd(add: Annotated[Optional[list[Path]], typer.Option("--add", help="results.json from a device "
                                                                  "(repeatable).")] = None):

@@ -102,6 +102,7 @@ def run(ctx) -> list[Path]:
                 progress.advance(task)
     check_measured(rows, cfg.benchmark.timeout_s)
     attach_bn_checks(rows, ctx.run.manifest()["stages"])
+    attach_audits(rows, ctx.run.manifest()["stages"])
     doc = runner.results_doc({**inventory.run_info(ctx.run.root), "method": cfg.distill.method}, runner.machine_info(),
                              settings(cfg.benchmark), rows)
     outputs = write.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
@@ -120,6 +121,14 @@ def attach_bn_checks(rows: list[dict], stages: dict) -> None:
     for row in rows:
         if found.get(row["artifact"]):
             row["bn_check"] = found[row["artifact"]]
+
+
+def attach_audits(rows: list[dict], stages: dict) -> None:
+    """Give each quantized file's row the int8 audit the quantize stage recorded on this machine's runtimes."""
+    made = stages.get("quantize", {}).get("metrics", {}).get("artifacts", {})
+    for row in rows:
+        if made.get(row["artifact"], {}).get("audit"):
+            row["audit"] = made[row["artifact"]]["audit"]
 
 
 def check_measured(rows: list[dict], timeout_s: float) -> None:

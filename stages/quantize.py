@@ -187,6 +187,22 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
         record_test(entry, inp, logits)
 
 
+def audit_all(ctx) -> None:
+    """Record for each written file what its runtime really runs in int8 (pipeline/export/int8_audit.py); the
+    benchmark and the report read it. An audit that fails costs only its own record."""
+    from pipeline.export import int8_audit
+
+    for name, entry in ctx.metrics.get("artifacts", {}).items():
+        if entry.get("status") != "ok":
+            continue
+        try:
+            entry["audit"] = int8_audit.audit(ctx.run.root / entry["path"])
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the file says so in the record
+            entry["audit_error"] = f"{type(exc).__name__}: {exc}"
+            continue
+        ctx.console.print(f"{name}: {entry['audit']['line']}", highlight=False)
+
+
 def run(ctx) -> list[Path]:
     from pipeline.errors import UserError
     from pipeline.export import artifacts, ort_quant
@@ -207,6 +223,7 @@ def run(ctx) -> list[Path]:
     for target in qcfg.targets:
         onnx_artifact(ctx, inp, target)
     tflite_artifacts(ctx, inp)
+    audit_all(ctx)
     bad = [f"{n}: {e['reason']}" for n, e in ctx.metrics["artifacts"].items() if e.get("cause") == "input"]
     if bad:
         raise UserError(f"{len(bad)} artifact(s) not written - {bad[0]}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1

@@ -115,3 +115,34 @@ def test_tflite_hardswish_leaves_xnnpack(tmp_path):
     assert int8_audit.summary(relu).endswith("1 partition")
     assert hswish["outside_int8"].get("HARD_SWISH") == 2
     assert "HARD_SWISH outside XNNPACK" in int8_audit.summary(hswish)
+
+
+def _row(artifact, p50_ms, audit=None):
+    row = {"artifact": artifact, "device": "host", "status": "ok", "top1": 0.9,
+           "latency": {"one_thread": {"p50_ms": p50_ms}}}
+    return {**row, "audit": audit} if audit else row
+
+
+def test_the_report_says_why_an_int8_file_is_slower_than_fp32():
+    from pipeline.report.markdown import int8_lines
+
+    split = {"format": "tflite", "partitions": 20, "outside": {"HARD_SWISH": 19}, "line": "19 HARD_SWISH outside"}
+    lines = int8_lines([_row("tflite_fp32", 0.35), _row("tflite_int8", 0.74, split)])
+    assert lines[0] == "- tflite_int8: 19 HARD_SWISH outside."
+    assert "not faster than tflite_fp32 on host (2.11x its latency)" in lines[1]
+    assert "19 HARD_SWISH run outside XNNPACK" in lines[1] and "20 XNNPACK partitions" in lines[1]
+    whole = {"format": "tflite", "partitions": 1, "outside": {}, "line": "all 60 ops in XNNPACK: 1 partition"}
+    assert len(int8_lines([_row("tflite_fp32", 0.35), _row("tflite_int8", 0.20, whole)])) == 1  # faster: no why
+
+
+def test_inspect_prints_the_audit_and_refuses_what_it_cannot_read(tmp_path, cli):
+    torch.manual_seed(0)
+    _, int8 = _ort_int8(tmp_path, Tiny())
+    result = cli("inspect", str(int8))
+    assert result.exit_code == 0 and "int8 kernels 100% of MACs" in result.output and "QLinearConv" in result.output
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    int8.with_suffix(".txt").write_bytes(int8.read_bytes())
+    for bad, words in ((tmp_path / "missing.onnx", "does not exist"), (tmp_path / "bad.onnx", "damaged"),
+                       (tmp_path, "is a folder"), (int8.with_suffix(".txt"), "not a .tflite or .onnx")):
+        result = cli("inspect", str(bad))
+        assert result.exit_code == 2 and words in result.output, result.output

@@ -240,3 +240,16 @@ def test_artifacts_an_earlier_config_asked_for_are_removed(tmp_path):
     from pipeline.export import inventory
     listed = {a["artifact"] for a in inventory.artifacts(run.root, {"stages": {"quantize": {"metrics": ctx.metrics}}})}
     assert "onnx_int8_dynamic" in listed and not listed & {"onnx_int8_x86", "tflite_fp32", "tflite_int8"}
+
+
+def test_every_written_artifact_carries_its_int8_audit(good):
+    """The smoke student is a ResNet of convolutions, ReLUs and adds: the x86 file (uint8 activations) runs all its
+    MACs in ONNX Runtime's int8 kernels; how much of the ARM file (int8 activations) ONNX Runtime fuses on x86
+    depends on the CPU (on an AMX Xeon it left every convolution in float between Q/DQ pairs)."""
+    _, _, ctx = good
+    arts = ctx.metrics["artifacts"]
+    assert arts["onnx_int8_x86"]["chosen"]["float_nodes"] == []
+    x86, arm = arts["onnx_int8_x86"]["audit"], arts["onnx_int8_arm"]["audit"]
+    assert x86["format"] == "onnx" and x86["int8_mac_share"] == 1.0 and not x86.get("float_ops"), x86
+    assert x86["line"].startswith("int8 kernels 100% of MACs")
+    assert 0.0 <= arm["int8_mac_share"] <= 1.0 and arm["line"].startswith("int8 kernels"), arm

@@ -273,6 +273,49 @@ def _top(counts: dict, n: int = 3) -> str:
     return ", ".join(f"{c} {k}" for k, c in items) + (f" (+{more} kinds)" if more > 0 else "")
 
 
+KEEP = ("format", "nodes", "partitions", "delegated_nodes", "outside", "outside_int8", "int8_file", "quantize",
+        "dequantize", "transpose", "float_ops", "int8_kernels", "int8_mac_share")
+
+
+def audit(path) -> dict:
+    """The audit of a .tflite or .onnx file as results.json keeps it: the counts, without the op table, and its
+    one-line ``summary`` as ``line``."""
+    from pathlib import Path
+
+    full = tflite_audit(path) if Path(path).suffix == ".tflite" else onnx_audit(path)
+    return {**{k: full[k] for k in KEEP if k in full}, "line": summary(full)}
+
+
+def inspect(path) -> list[str]:
+    """``compress inspect``: the summary, then one line per op type with its count and tensor types."""
+    from pathlib import Path
+
+    from pipeline.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a .tflite or .onnx model file in it")
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give a .tflite or .onnx model file")
+    if path.suffix not in (".tflite", ".onnx"):
+        raise UserError(f"{path} is not a .tflite or .onnx file; give a model file the quantize stage wrote")
+    try:
+        full = tflite_audit(path) if path.suffix == ".tflite" else onnx_audit(path)
+    except Exception as exc:  # noqa: BLE001 - the runtimes raise many types for a damaged file
+        raise UserError(f"{path} cannot be loaded by its runtime ({type(exc).__name__}); is it damaged? "
+                        "rerun 'compress all' to rebuild it") from exc
+    out = [f"{path}: {summary(full)}"]
+    if full["format"] == "tflite":
+        for name, op in full["ops"].items():
+            types = ", ".join(f"{n} {t}" for t, n in op["types"].items())
+            outside = full["outside"].get(name, 0)
+            note = f"  ({outside} outside XNNPACK)" if outside else ""
+            out.append(f"  {name:<24} {op['count']:>4}  {types}{note}")
+    else:
+        out += [f"  {name:<24} {count:>4}" for name, count in full["ops"].items()]
+    return out
+
+
 def summary(audit: dict) -> str:
     """One line: 'int8 kernels 100% of MACs, 1 partition', '19 HARD_SWISH outside XNNPACK: 20 partitions', ..."""
     if audit.get("format") == "tflite":

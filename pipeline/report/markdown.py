@@ -61,6 +61,41 @@ def story(rows: list[dict], device: str) -> list[str]:
     return lines
 
 
+FP32_OF = {"tflite_int8": "tflite_fp32", "onnx_int8_x86": "onnx_simplified", "onnx_int8_arm": "onnx_simplified",
+           "onnx_int8_dynamic": "onnx_simplified"}
+
+
+def int8_lines(rows: list[dict]) -> list[str]:
+    """One line per int8 file: what its runtime runs in int8 (the quantize stage's audit on this machine), and,
+    on each device where it is not faster than its fp32 counterpart, why."""
+    audits = {r["artifact"]: r["audit"] for r in rows if r.get("audit") and r["artifact"] in FP32_OF}
+    lines = [f"- {name}: {a['line']}." for name, a in audits.items()]
+    for r in rows:
+        ref = next((x for x in rows if x["device"] == r["device"] and x["artifact"] == FP32_OF.get(r["artifact"])
+                    and x["status"] == "ok" and timed(x)), None)
+        if r["artifact"] in audits and r["status"] == "ok" and timed(r) and ref and p50(r) >= p50(ref):
+            lines.append(f"- {r['artifact']} is not faster than {ref['artifact']} on {r['device']} "
+                         f"({p50(r) / p50(ref):.2f}x its latency): {why_slow(audits[r['artifact']])}.")
+    return lines
+
+
+def why_slow(audit: dict) -> str:
+    """The reason an audited int8 file loses to fp32, in words."""
+    if audit["format"] == "tflite":
+        if audit.get("outside"):
+            ops = ", ".join(f"{n} {op}" for op, n in audit["outside"].items())
+            return (f"{ops} run outside XNNPACK on TFLite's builtin kernels, which split the graph into "
+                    f"{audit['partitions']} XNNPACK partitions with a hand-off at every boundary")
+        return "every op runs in XNNPACK, so its int8 kernels gain little over fp32 for this net and size"
+    if audit.get("int8_mac_share") is None:
+        return "the audit recognises no conv or gemm kernel in its optimized graph, so it cannot say which ops cost"
+    if audit.get("float_ops"):
+        ops = ", ".join(f"{n} {op}" for op, n in list(audit["float_ops"].items())[:3])
+        return (f"ONNX Runtime keeps {ops} in float, with a quantize/dequantize pair around each "
+                f"({audit['quantize']} Q, {audit['dequantize']} DQ)")
+    return "its int8 kernels gain little over fp32 for this net and size"
+
+
 def distillation(t: float, s: float, d: float) -> list[str]:
     """The distillation line: both students are the same net trained on the same budget and seed, measured in
     PyTorch fp32 on the same test images, so the difference is what distillation did."""
@@ -119,6 +154,8 @@ def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
     out += ["", "## What it says", ""] + story(rows, m["device"]) + method_note(doc["run"].get("method"))
     out += [f"- Recommended on {dev}: **{art}**." for dev, art in best.items()] or ["- No artifact is within "
                                                                                    f"{max_drop} points."]
+    if lines := int8_lines(rows):
+        out += ["", "INT8 kernels (what each int8 file runs in int8 on this machine's runtimes):", ""] + lines
     return "\n".join(out) + "\n"
 
 
