@@ -97,24 +97,27 @@ def test_float_weight_conv_between_qdq_is_quantized_by_ort(tmp_path):
     assert audit["int8_mac_share"] == 1.0
 
 
-def test_tflite_hardswish_leaves_xnnpack(tmp_path):
-    """litert-torch PT2E int8 as the pipeline converts: ReLU -> one XNNPACK partition; hard-swish -> int8
-    HARD_SWISH ops on TFLite's builtin kernels, which split the graph."""
+def test_tflite_hardswish_leaves_xnnpack_unless_rewritten(tmp_path, monkeypatch):
+    """litert-torch PT2E int8 as the pipeline converts: ReLU -> one XNNPACK partition; nn.Hardswish as is -> int8
+    HARD_SWISH ops on TFLite's builtin kernels, which split the graph; the pipeline's rewrite keeps it whole."""
     from pipeline.export import litert_convert
 
     calib = _calib().transpose(0, 2, 3, 1).copy()
-    audits = {}
-    for act in (nn.ReLU, nn.Hardswish):
+
+    def convert(act, name):
         torch.manual_seed(0)
         wrapped, args = litert_convert._nhwc(Tiny(act=act).eval(), (3, 16, 16))
-        path = tmp_path / f"{act.__name__}.tflite"
-        litert_convert._int8(wrapped, args, calib).export(str(path))
-        audits[act.__name__] = int8_audit.tflite_audit(path)
-    relu, hswish = audits["ReLU"], audits["Hardswish"]
+        litert_convert._int8(wrapped, args, calib).export(str(tmp_path / name))
+        return int8_audit.tflite_audit(tmp_path / name)
+
+    relu, rewritten = convert(nn.ReLU, "relu.tflite"), convert(nn.Hardswish, "rewritten.tflite")
+    monkeypatch.setattr(litert_convert, "_hard_activations_as_int8_ops", lambda model: model)
+    as_is = convert(nn.Hardswish, "as_is.tflite")
     assert relu["int8_file"] and relu["partitions"] == 1 and relu["outside"] == {}
     assert int8_audit.summary(relu).endswith("1 partition")
-    assert hswish["outside_int8"].get("HARD_SWISH") == 2
-    assert "HARD_SWISH outside XNNPACK" in int8_audit.summary(hswish)
+    assert as_is["outside_int8"].get("HARD_SWISH") == 2 and as_is["partitions"] > 1
+    assert "HARD_SWISH outside XNNPACK" in int8_audit.summary(as_is)
+    assert rewritten["partitions"] == 1 and rewritten["outside"] == {}
 
 
 def _row(artifact, p50_ms, audit=None):
@@ -146,3 +149,36 @@ def test_inspect_prints_the_audit_and_refuses_what_it_cannot_read(tmp_path, cli)
                        (tmp_path, "is a folder"), (int8.with_suffix(".txt"), "not a .tflite or .onnx")):
         result = cli("inspect", str(bad))
         assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_the_int8_rewrite_of_hard_swish_keeps_the_function():
+    from pipeline.export import litert_convert
+    from pipeline.models import create
+
+    torch.manual_seed(0)
+    net = create("mobilenet_v3_small", 3, 10, 1.0).eval()
+    rewritten = litert_convert._hard_activations_as_int8_ops(net)
+    assert not [m for m in rewritten.modules() if isinstance(m, (nn.Hardswish, nn.Hardsigmoid))]
+    assert [m for m in net.modules() if isinstance(m, nn.Hardswish)]  # the trained net itself is untouched
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), rewritten(x), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v2"])
+def test_a_registered_students_int8_tflite_file_is_one_xnnpack_partition(tmp_path, arch):
+    """The pipeline's int8 conversion of the students people ship: every op in XNNPACK's int8 kernels."""
+    from pipeline.export import litert_convert
+    from pipeline.models import create
+
+    torch.manual_seed(0)
+    net = create(arch, 3, 10, 1.0).train()
+    with torch.no_grad():
+        for _ in range(3):  # statistics that are not the reset ones
+            net(torch.randn(8, 3, 32, 32))
+    wrapped, args = litert_convert._nhwc(net.eval(), (3, 32, 32))
+    calib = np.random.default_rng(0).standard_normal((8, 32, 32, 3)).astype(np.float32)
+    litert_convert.CONVERTERS["int8"](wrapped, args, calib).export(str(tmp_path / "int8.tflite"))
+    audit = int8_audit.tflite_audit(tmp_path / "int8.tflite")
+    assert audit["partitions"] == 1 and not audit["outside_int8"], int8_audit.summary(audit)

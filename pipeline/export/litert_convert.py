@@ -52,6 +52,40 @@ def _fp16(model, args, calib):
     return litert_torch.convert(model, args, quant_config=quant_recipes.full_fp16_recipe())
 
 
+def _hard_activations_as_int8_ops(model):
+    """A copy of ``model`` with every nn.Hardswish and nn.Hardsigmoid written as x * relu6(x + 3) * (1/6) and
+    relu6(x + 3) * (1/6), with the constants shaped like x (1, 1, 1, 1 on feature maps).
+
+    Why: XNNPACK takes HARD_SWISH only in float, so in an int8 file each one falls back to TFLite's builtin
+    kernel and splits the graph (MobileNetV3-Small: 20 partitions, int8 1.9x slower than fp32). Written with
+    ADD, RELU6 and MUL it stays in int8 XNNPACK kernels; the constants must have x's rank, because litert-torch's
+    quantizer turns a Python scalar into a 0-d tensor and its NHWC layout pass then leaves the op in NCHW between
+    two TRANSPOSEs; a multiplication by 1/6 is quantized where a division by 6 is not
+    (benchmarks/results/int8_transpose.md). The same arithmetic, so the float function is unchanged."""
+    import copy
+
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class HardSwish(nn.Module):
+        def forward(self, x):
+            shape = (1,) * x.dim()
+            return x * F.relu6(x + torch.full(shape, 3.0)) * torch.full(shape, 1 / 6)
+
+    class HardSigmoid(nn.Module):
+        def forward(self, x):
+            shape = (1,) * x.dim()
+            return F.relu6(x + torch.full(shape, 3.0)) * torch.full(shape, 1 / 6)
+
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, (nn.Hardswish, nn.Hardsigmoid)):
+                setattr(module, name, HardSwish() if isinstance(child, nn.Hardswish) else HardSigmoid())
+    return model
+
+
 def _int8(model, args, calib):
     import litert_torch
     import torch
@@ -63,6 +97,7 @@ def _int8(model, args, calib):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    model = _hard_activations_as_int8_ops(model)
     try:
         graph = torch.export.export(model, args, strict=True).module()
     except Exception:  # strict export refuses some Python constructs; non-strict only leaves adds in float
