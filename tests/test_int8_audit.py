@@ -182,3 +182,18 @@ def test_a_registered_students_int8_tflite_file_is_one_xnnpack_partition(tmp_pat
     litert_convert.CONVERTERS["int8"](wrapped, args, calib).export(str(tmp_path / "int8.tflite"))
     audit = int8_audit.tflite_audit(tmp_path / "int8.tflite")
     assert audit["partitions"] == 1 and not audit["outside_int8"], int8_audit.summary(audit)
+
+
+def test_hard_swish_reaches_onnx_runtimes_int8_kernels_and_keeps_its_function(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    fp32, int8 = _ort_int8(tmp_path, Tiny(act=nn.Hardswish))
+    assert not int8_audit.onnx_audit(int8)["float_ops"]  # no HardSigmoid / HardSwish left in float
+    proto = onnx_tools.load(fp32)
+    assert ort_quant.hard_activations_as_int8_ops(proto) == 2
+    onnx_tools.save(proto, tmp_path / "rewritten.onnx")
+    x = _calib(4)
+    before, after = (ort.InferenceSession(str(p)).run(None, {"input": x})[0]
+                     for p in (fp32, tmp_path / "rewritten.onnx"))
+    assert np.allclose(before, after, atol=1e-5)

@@ -31,10 +31,49 @@ def method_order(first: str) -> list[str]:
 
 
 def preprocess(src: Path, dst: Path) -> None:
-    """onnxruntime's pre-processing (shape inference + graph optimisation) before quantizing."""
+    """onnxruntime's pre-processing (shape inference + graph optimisation) before quantizing, then the hard
+    activations written as ops ONNX Runtime has int8 kernels for (``hard_activations_as_int8_ops``)."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    proto = onnx.load(str(dst))
+    if hard_activations_as_int8_ops(proto):
+        onnx.save(proto, str(dst))
+
+
+def hard_activations_as_int8_ops(proto) -> int:
+    """Rewrite every HardSigmoid(x; alpha, beta) as Clip(x + beta/alpha, 0, 1/alpha) * alpha and every HardSwish
+    as x times that, in place; returns how many were rewritten. ONNX Runtime's x86 QDQ fusions have no int8
+    HardSigmoid or HardSwish: left as they are (MobileNetV3: 28 of them), each runs in float between a
+    dequantize and a quantize, while Add, Clip and Mul by a constant quantize
+    (benchmarks/results/int8_transpose.md). The same function in float."""
+    from onnx import helper, numpy_helper
+
+    nodes, count = [], 0
+    for node in proto.graph.node:
+        if node.op_type not in ("HardSigmoid", "HardSwish"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        alpha, beta = (attrs.get("alpha", 0.2), attrs.get("beta", 0.5)) if node.op_type == "HardSigmoid" \
+            else (1 / 6, 0.5)
+        base = f"{node.name or node.output[0]}_int8"
+        consts = {"shift": beta / alpha, "low": 0.0, "high": 1 / alpha, "scale": alpha}
+        proto.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), f"{base}_{k}")
+                                       for k, v in consts.items())
+        x, out = node.input[0], node.output[0]
+        gate = out if node.op_type == "HardSigmoid" else f"{base}_gate"
+        nodes += [helper.make_node("Add", [x, f"{base}_shift"], [f"{base}_shifted"], name=f"{base}_add"),
+                  helper.make_node("Clip", [f"{base}_shifted", f"{base}_low", f"{base}_high"], [f"{base}_clipped"],
+                                   name=f"{base}_clip"),
+                  helper.make_node("Mul", [f"{base}_clipped", f"{base}_scale"], [gate], name=f"{base}_mul")]
+        if node.op_type == "HardSwish":
+            nodes.append(helper.make_node("Mul", [x, gate], [out], name=f"{base}_swish"))
+        count += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return count
 
 
 def sensitive_nodes(proto) -> list[str]:
