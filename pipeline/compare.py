@@ -2,12 +2,11 @@
 
 A method entry is a method name or a variant of it with ``distill`` overrides in parentheses, e.g.
 ``ama(kd_target=original,hint_weight=0.3)``; each entry is its own row. Each (entry, seed) run keeps its result in
-compare/<entry>/seed<k>/result.json, keyed by a fingerprint of what it depends on, so an interrupted comparison
-resumes where it stopped and a finished one is free to rerun.
+compare/<entry>/seed<k>/result.json, keyed by a fingerprint of what it depends on (the distill stage's code among
+it), so an interrupted comparison resumes where it stopped and a finished one is free to rerun.
 
-Every method of a seed starts from the same initial weights and sees the same data order, so methods are
-compared by paired t-tests on the per-seed differences, beside Welch's test on the two samples. Validation top-1
-is what any choice among methods is made on; test top-1 is the figure reported.
+Every method of a seed starts from the same initial weights and sees the same data order, so methods are compared
+by paired t-tests on the per-seed differences, beside Welch's test; choices read validation, reports test top-1.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from pipeline import config as config_mod
 from pipeline import preflight
 from pipeline.errors import UserError
 from pipeline.files import atomic_write, file_record, sha256
-from pipeline.run import codegraph
+from pipeline.run import codegraph, outside
 from pipeline.run.rundir import RunDir
 
 # The pipeline, in order. Each name is a module in stages/.
@@ -134,7 +134,7 @@ class Runner:
                             if not _is_log(o.get("path", ""))]
                        for up in upstream(mod, self.cfg)},
         }
-        if files := {k: self.external(k) for k in _external_keys(self.cfg, secs)}:
+        if files := {k: self.external(k) for k in outside.keys(self.cfg, secs)}:
             payload["files"] = files
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -154,7 +154,7 @@ class Runner:
         """What the file or folder behind config key ``key`` holds now, hashed once per process: a weights
         file's sha256, or a photo folder's image list with sizes and mtimes (as its decode cache keys it)."""
         if key not in self._external:
-            self._external[key] = _external_hash(self.cfg, key)
+            self._external[key] = outside.content_hash(self.cfg, key)
         return self._external[key]
 
     def states(self, manifest: dict) -> dict[str, str]:
@@ -273,32 +273,6 @@ class Runner:
             rows.append((name, states[name], entry.get("finished", "-"),
                          f"{seconds:.1f} s" if seconds is not None else "-", str(len(self.run.cache.variants(name)))))
         return rows
-
-
-def _external_keys(cfg: config_mod.Config, secs: tuple[str, ...]) -> list[str]:
-    """The config keys among ``secs`` that name data outside the run folder which can change under the same
-    config: a photo folder and starting weights. (Fashion-MNIST and CIFAR-10 are fixed public files.)"""
-    keys = []
-    if "data" in secs and cfg.data.dataset == "imagefolder":
-        keys.append("data.root")
-    for net in ("teacher", "student"):
-        weights = cfg.section(net).weights
-        if (net in secs or f"{net}.weights" in secs) and weights and weights != "DEFAULT":
-            keys.append(f"{net}.weights")
-    return keys
-
-
-def _external_hash(cfg: config_mod.Config, key: str) -> str:
-    """A hash of what ``key`` names now; an unreadable path hashes as the error, so its stage is stale and the
-    stage itself reports the error when it runs."""
-    try:
-        if key == "data.root":
-            from pipeline.data import imagefolder, photo_scan
-            d = cfg.data
-            return imagefolder.content(photo_scan.scan(Path(d.root), d.test_fraction, d.val_fraction, cfg.seed))
-        return sha256(Path(cfg.section(key.split(".")[0]).weights).expanduser())
-    except (OSError, UserError) as exc:
-        return f"unreadable: {exc}"
 
 
 def _as_json(value):
