@@ -82,7 +82,8 @@ def _hard_activations_as_int8_ops(model):
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, (nn.Hardswish, nn.Hardsigmoid)):
-                setattr(module, name, HardSwish() if isinstance(child, nn.Hardswish) else HardSigmoid())
+                new = HardSwish() if isinstance(child, nn.Hardswish) else HardSigmoid()
+                setattr(module, name, new.train(child.training))
     return model
 
 
