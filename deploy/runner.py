@@ -101,12 +101,21 @@ class TfliteModel:
     runtime = "tflite"
 
     def __init__(self, path: str, threads: int, image_shape):
-        interpreter, _ = tflite_interpreter()
+        interpreter, self.package = tflite_interpreter()
         self.it = interpreter(model_path=str(path), num_threads=threads)
         self.it.allocate_tensors()
+        self.partitions = self._partitions()
         self._details()
         self.layout = _layout(self.inp["shape"], image_shape)
         self.meta = {}  # TFLite metadata needs the flatbuffer schema; the sidecar JSON carries it instead
+
+    def _partitions(self) -> int | None:
+        """XNNPACK partitions this runtime made of the file (one DELEGATE node each): 1 is a file that runs whole
+        in XNNPACK, 0 one that runs on TFLite's builtin kernels only; None where the runtime cannot list ops."""
+        try:
+            return sum(op["op_name"] == "DELEGATE" for op in self.it._get_ops_details())
+        except (AttributeError, KeyError, RuntimeError, ValueError):
+            return None
 
     def _details(self):
         self.inp, self.out = self.it.get_input_details()[0], self.it.get_output_details()[0]
@@ -243,6 +252,8 @@ def measure(job: dict) -> dict:
     model = adapter(job["path"], n_all, images.shape[1:])
     meta = {**job.get("meta", {}), **{k: v for k, v in model.meta.items() if k in ("mean", "std")}}
     row = {"normalization": "model" if "mean" in model.meta else "sidecar", "layout": model.layout,
+           **({"tflite_package": model.package, "xnnpack_partitions": model.partitions}
+              if hasattr(model, "partitions") else {}),
            **evaluate(model, images, labels, meta["mean"], meta["std"], s["eval_batch"],
                       bool(s.get("predictions")))}
     if job.get("val_data"):  # the validation split, which choices between artifacts are made on

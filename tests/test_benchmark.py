@@ -72,6 +72,7 @@ def test_tflite_int8_is_quantised_with_the_tensor_scale(tflite_dir, tmp_path):
     x = runner.normalize(images, [0.5], [0.25])
     fp32 = runner.TfliteModel(tflite_dir / "tflite_fp32.tflite", 1, (1, 16, 16))
     int8 = runner.TfliteModel(tflite_dir / "tflite_int8.tflite", 1, (1, 16, 16))
+    assert fp32.partitions == int8.partitions == 1 and int8.package == "ai-edge-litert"  # the host's runtime
     assert fp32.layout == int8.layout == "NHWC" and int8.prepare(x[:1]).dtype == np.int8
     for m in (fp32, int8):
         assert m.resize(8)

@@ -197,3 +197,14 @@ def test_hard_swish_reaches_onnx_runtimes_int8_kernels_and_keeps_its_function(tm
     before, after = (ort.InferenceSession(str(p)).run(None, {"input": x})[0]
                      for p in (fp32, tmp_path / "rewritten.onnx"))
     assert np.allclose(before, after, atol=1e-5)
+
+
+def test_the_report_says_which_runtime_each_device_used_and_its_partitions():
+    from pipeline.report.markdown import int8_lines
+
+    host = {**_row("tflite_int8", 0.3), "precision": "int8", "xnnpack_partitions": 1,
+            "tflite_package": "ai-edge-litert"}
+    pi = {**host, "device": "pi", "xnnpack_partitions": 0, "tflite_package": "tflite-runtime"}
+    lines = int8_lines([host, pi])
+    assert "- tflite_int8 on host (ai-edge-litert): runs in 1 XNNPACK partition." in lines
+    assert "- tflite_int8 on pi (tflite-runtime): runs on TFLite's builtin kernels only." in lines

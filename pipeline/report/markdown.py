@@ -69,7 +69,7 @@ def int8_lines(rows: list[dict]) -> list[str]:
     """One line per int8 file: what its runtime runs in int8 (the quantize stage's audit on this machine), and,
     on each device where it is not faster than its fp32 counterpart, why."""
     audits = {r["artifact"]: r["audit"] for r in rows if r.get("audit") and r["artifact"] in FP32_OF}
-    lines = [f"- {name}: {a['line']}." for name, a in audits.items()]
+    lines = [f"- {name}: {a['line']}." for name, a in audits.items()] + partition_lines(rows)
     for r in rows:
         ref = next((x for x in rows if x["device"] == r["device"] and x["artifact"] == FP32_OF.get(r["artifact"])
                     and x["status"] == "ok" and timed(x)), None)
@@ -77,6 +77,18 @@ def int8_lines(rows: list[dict]) -> list[str]:
             lines.append(f"- {r['artifact']} is not faster than {ref['artifact']} on {r['device']} "
                          f"({p50(r) / p50(ref):.2f}x its latency): {why_slow(audits[r['artifact']])}.")
     return lines
+
+
+def partition_lines(rows: list[dict]) -> list[str]:
+    """Per device: how many XNNPACK partitions the device's own TFLite runtime made of each int8 file, and which
+    runtime that was (a board may run another one than the host: tflite-runtime 2.14 delegates no int8 file)."""
+    out = []
+    for r in rows:
+        n = r.get("xnnpack_partitions")
+        if r["status"] == "ok" and n is not None and r.get("precision", "").startswith("int8"):
+            where = "on TFLite's builtin kernels only" if n == 0 else f"in {n} XNNPACK partition{'s' * (n != 1)}"
+            out.append(f"- {r['artifact']} on {r['device']} ({r.get('tflite_package', 'TFLite')}): runs {where}.")
+    return out
 
 
 def why_slow(audit: dict) -> str:
