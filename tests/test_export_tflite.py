@@ -3,6 +3,7 @@ precision, int8 tensor types, metadata read back, and the full quantize stage. T
 their own matrix in test_export_torchvision.py."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -107,3 +108,16 @@ def test_bad_checkpoint_fails_tflite_with_the_reason(tmp_path):
     result = tflite_tools.convert(tmp_path / "missing.pt", {"fp32": tmp_path / "x.tflite"}, {"input_size": [1, 4, 4]},
                                   None)
     assert result["fp32"]["status"] == "failed" and "does not exist" in result["fp32"]["reason"]
+
+
+def test_relative_paths_from_the_users_folder_convert(tmp_path, monkeypatch):
+    """`compress -r runs/x` from any folder: the converter process runs elsewhere, so it gets absolute paths."""
+    torch.manual_seed(0)
+    model = models.create("resnet8", 3, 5, 0.25).eval()
+    models.save_checkpoint(tmp_path / "net.pt", model, "resnet8", 0.25, {"channels": 3, "classes": list("abcde"),
+                                                                         "size": 8})
+    monkeypatch.chdir(tmp_path)
+    meta = {"arch": "resnet8", "input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcde")}
+    result = tflite_tools.convert(Path("net.pt"), {"fp32": Path("net_fp32.tflite")}, meta, None)
+    assert result["fp32"]["status"] == "ok", result
+    assert (tmp_path / "net_fp32.tflite").is_file()

@@ -42,7 +42,9 @@ def convert_many(jobs: list[tuple], timeout: float = 1200) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="tflite-job-") as tmp:
         spec = {"result": str(Path(tmp) / "result.json"), "jobs": []}
         for i, (checkpoint, outputs, metadata, calibration) in enumerate(jobs):
-            job = {"checkpoint": str(checkpoint), "outputs": {k: str(v) for k, v in outputs.items()},
+            # absolute: the converter process runs from the repository root, not from the user's folder
+            job = {"checkpoint": str(Path(checkpoint).resolve()),
+                   "outputs": {k: str(Path(v).resolve()) for k, v in outputs.items()},
                    "metadata": metadata, "calibration": None}
             if calibration is not None:
                 job["calibration"] = str(Path(tmp) / f"calibration{i}.npy")
@@ -63,7 +65,7 @@ def _run_subprocess(jobs_file: Path, timeout: float) -> str | None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     try:
         proc = subprocess.run(CONVERTER + [str(jobs_file)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
+                              text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parents[2])
     except subprocess.TimeoutExpired:
         return f"TFLite conversion timed out after {timeout:.0f} s"
     if proc.returncode != 0:
