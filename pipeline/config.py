@@ -89,6 +89,9 @@ class QuantizeConfig:
     tflite: tuple[str, ...] = check(("fp32", "fp16", "int8"), choices=("fp32", "fp16", "int8"))
     max_drop: float = check(1.0, ge=0.0, le=100.0)
     eval_batch_size: int = check(500, ge=1)
+    qat: str = check("auto", choices=("off", "auto", "on"))  # auto: when a post-training int8 file fails the gate
+    qat_epochs: int = check(1, ge=1)
+    qat_lr: float = check(0.001, gt=0.0)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ def coerce(key: str, value, hint):
         return float(value)
     if hint is float and isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
         return float(value)  # 1e-3: YAML 1.1 (PyYAML) reads exponents without a dot as strings
+    if hint is str and isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
     if hint is object or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise UserError(f"config key '{key}' expects {hint.__name__}, got {value!r}")

@@ -11,6 +11,10 @@ one-line error (exit code 2).
 
 The ONNX Runtime artifacts come from the simplified ONNX file; the TFLite ones from the distilled PyTorch
 checkpoint through litert-torch (a direct PyTorch -> TFLite converter), so this stage reads both.
+
+Quantization-aware fine-tuning (``quantize.qat``: on, or auto when a post-training int8 file fails its gate)
+then trains the student with fake quantization against the teacher (pipeline/export/qat.py) and writes
+tflite_int8_qat (its learned ranges) and onnx_int8_qat (its weights, ONNX Runtime's ranges), gated alike.
 """
 from __future__ import annotations
 
@@ -19,8 +23,13 @@ from pathlib import Path
 import numpy as np
 
 NAME = "quantize"
-SECTIONS = ("seed", "data", "quantize")
+SECTIONS = ("seed", "data", "quantize", "student", "distill")  # the last two: the QAT fine-tune's batch and loss
 UPSTREAM = ("simplify", "distill")
+
+
+def upstream(cfg) -> tuple[str, ...]:
+    """The QAT fine-tune distils from the teacher, so the teacher is an input wherever it may run."""
+    return UPSTREAM + (("teacher",) if cfg.quantize.qat != "off" else ())
 
 
 class Inputs:
@@ -187,6 +196,61 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
         record_test(entry, inp, logits)
 
 
+def qat_artifacts(ctx, inp: Inputs) -> None:
+    """tflite_int8_qat and onnx_int8_qat from the fake-quantized fine-tune, each gated against fp32 like the
+    others, with its top-1 agreement with the fake-quantized model (the parity check of a quantized file)."""
+    from pipeline import data, models
+    from pipeline.export import artifacts, onnx_tools, ort_quant, qat, tflite_tools
+    from pipeline.files import save_torch
+
+    qcfg = ctx.cfg.quantize
+    why = qat.reason(qcfg, ctx.metrics.get("artifacts", {}))
+    for name in ("tflite_int8_qat", "onnx_int8_qat"):
+        artifacts.path_of(ctx, name).unlink(missing_ok=True)
+    if why is None:
+        return
+    ctx.console.print(f"qat: fine-tuning the student with fake quantization against the teacher ({why})")
+    src = artifacts.upstream(ctx, "torch_fp32")
+    student, _ = models.load_model(src)
+    teacher, _ = models.load_model(ctx.input("teacher", "model.pt"))
+    ds = data.load(ctx.cfg.data, ctx.cfg.seed)
+    net, fit_metrics = qat.fine_tune(student, teacher, ds, ctx.cfg, qcfg, ctx.dir / "qat", seed=ctx.cfg.seed,
+                                     fingerprint=ctx.fingerprint, console=ctx.console)
+    fake = qat.logits(net, inp.x, qcfg.eval_batch_size).numpy()
+    ctx.metrics["qat"] = {"reason": why, **fit_metrics, f"fakequant_{inp.split}_top1": round(top1(fake, inp.y), 5)}
+    state = save_torch(net.graph.state_dict(), ctx.dir / "qat" / "qat_state.pt")
+
+    agree = lambda logits: round(float((logits.argmax(1) == fake.argmax(1)).mean()), 5)  # noqa: E731
+    path = artifacts.path_of(ctx, "tflite_int8_qat")
+    if "int8" in qcfg.tflite:
+        tflite_one(ctx, inp, "int8_qat", tflite_tools.convert(src, {"int8_qat": path}, inp.meta, None,
+                                                               qat_state=state)["int8_qat"])
+        entry = ctx.metrics["artifacts"]["tflite_int8_qat"]
+        if entry.get("status") == "ok":
+            entry["fakequant_agreement"] = agree(tflite_tools.logits(path, inp.x, qcfg.eval_batch_size))
+    if "x86" not in qcfg.targets:
+        return
+
+    final = artifacts.path_of(ctx, "onnx_int8_qat")
+    with artifacts.conversion(ctx, "onnx_int8_qat") as entry:
+        fp32, pre = ctx.dir / ".qat_fp32.onnx", ctx.dir / ".qat_preprocessed.onnx"
+        try:
+            onnx_tools.export(qat.float_student(student, net), fp32, ds.channels, ds.size, ctx.cfg.export.opset)
+            ort_quant.preprocess(fp32, pre)
+            calib = inp.calibration()
+            attempts = [({"method": qcfg.method, "float_nodes": []}, lambda t: ort_quant.static(
+                pre, t, calib, "x86", qcfg.method, qcfg.per_channel, []))]
+            evaluate = lambda p, x: onnx_tools.logits(p, x, qcfg.eval_batch_size)  # noqa: E731
+            gate(entry, attempts, evaluate, inp, qcfg.max_drop, final)
+        finally:
+            fp32.unlink(missing_ok=True)
+            pre.unlink(missing_ok=True)
+        proto = onnx_tools.load(final)
+        onnx_tools.set_metadata(proto, {**inp.meta, "format": "onnx_int8_qat", "quantization": entry["chosen"]})
+        onnx_tools.save(proto, final)
+        entry["fakequant_agreement"] = agree(evaluate(final, inp.x))
+
+
 def audit_all(ctx) -> None:
     """Record for each written file what its runtime really runs in int8 (pipeline/export/int8_audit.py); the
     benchmark and the report read it. An audit that fails costs only its own record."""
@@ -223,6 +287,7 @@ def run(ctx) -> list[Path]:
     for target in qcfg.targets:
         onnx_artifact(ctx, inp, target)
     tflite_artifacts(ctx, inp)
+    qat_artifacts(ctx, inp)
     audit_all(ctx)
     bad = [f"{n}: {e['reason']}" for n, e in ctx.metrics["artifacts"].items() if e.get("cause") == "input"]
     if bad:

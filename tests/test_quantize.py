@@ -118,7 +118,7 @@ def test_gate_falls_back_to_float_classifier(tmp_path):
 def test_gate_marks_failed_and_goes_on(tmp_path):
     cfg = smoke_config(*NO_TFLITE)
     # a gate below zero, which the config refuses, so that no artifact can pass
-    cfg = dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, max_drop=-1.0))
+    cfg = dataclasses.replace(cfg, quantize=dataclasses.replace(cfg.quantize, max_drop=-1.0, qat="off"))
     run = prepared(tmp_path, cfg)
     ctx = quantize(run, cfg)
     assert ctx.error is None  # a gate failure is recorded, not a bad input

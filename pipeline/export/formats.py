@@ -38,6 +38,11 @@ FORMATS: tuple[Format, ...] = (
     Format("tflite_fp16", "quantize", ".tflite", "tflite", "fp16", {"layout": "NHWC"}),
     Format("tflite_int8", "quantize", ".tflite", "tflite", "int8",
            {"layout": "NHWC", "input": "int8", "output": "int8", "calibration": "MinMax (representative dataset)"}),
+    Format("tflite_int8_qat", "quantize", ".tflite", "tflite", "int8",
+           {"layout": "NHWC", "input": "int8", "output": "int8", "calibration": "quantization-aware fine-tune"}),
+    Format("onnx_int8_qat", "quantize", ".onnx", "onnxruntime", "int8",
+           {"activations": "uint8", "weights": "int8", "per_channel": True, "target": "x86", "form": "QDQ",
+            "calibration": "quantization-aware fine-tuned weights, MinMax ranges"}),
 )
 
 

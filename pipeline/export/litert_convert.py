@@ -16,10 +16,13 @@ Calls: fp32 is ``litert_torch.convert``; fp16 weights use litert-torch's
 on a strict ``torch.export`` (strict export leaves residual adds quantizable), calibration on the
 representative images, ``convert_pt2e``, then ``convert`` with that quantizer, which gives int8 input and output
 tensors whose scale and zero point we record. The model is wrapped to take NHWC input (what TFLite runtimes
-and our deploy runner feed); the batch dimension is 1, the batch size of on-device inference.
+and our deploy runner feed); the batch dimension is 1, the batch size of on-device inference. int8_qat is the
+same quantizer with ``is_qat=True`` on the graph pipeline/export/qat.py fine-tuned, whose state the job names,
+then ``convert_pt2e`` and ``convert`` alike, so its ranges are the learned ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -87,17 +90,81 @@ def _hard_activations_as_int8_ops(model):
     return model
 
 
-def _int8(model, args, calib):
-    import litert_torch
-    import torch
+def _quantizer(qat: bool = False):
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
         get_symmetric_quantization_config,
     )
+
+    return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False,
+                                                                        is_qat=qat))
+
+
+@contextlib.contextmanager
+def _conv_bn_patterns_as_modules():
+    """litert-torch 0.10's QAT conv-bn annotation hands torchao a plain function to export as a pattern, and
+    torchao 0.18 exports it with torch.export, which takes only modules; wrap such a function in one."""
+    import litert_torch.quantize.pt2e_quantizer_utils as utils
+    import torch
+
+    original = utils._get_aten_graph_module_for_pattern
+
+    class Pattern(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, *args):
+            return self.fn(*args)
+
+    utils._get_aten_graph_module_for_pattern = lambda pattern, *a, **k: original(
+        pattern if isinstance(pattern, torch.nn.Module) else Pattern(pattern), *a, **k)
+    try:
+        yield
+    finally:
+        utils._get_aten_graph_module_for_pattern = original
+
+
+def qat_graph(model, shape_chw):
+    """``model`` (NCHW, float) exported with a free batch size and prepared for quantization-aware training by
+    the int8 route's quantizer, after the same activation rewrite; returns (graph, quantizer). Built the same
+    way in the training process and in the converter, so a state_dict saved by one loads into the other."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    quantizer = _quantizer(qat=True)
+    model = _hard_activations_as_int8_ops(model).eval()
+    example = (torch.zeros(2, *shape_chw),)
+    graph = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                strict=True).module()
+    with _conv_bn_patterns_as_modules():
+        return prepare_qat_pt2e(graph, quantizer), quantizer
+
+
+def _int8_qat(model, shape_chw, state_path):
+    """The fine-tuned QAT graph (pipeline/export/qat.py) with its learned ranges, as an int8 TFLite model."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    graph, quantizer = qat_graph(model, shape_chw)
+    graph.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    converted = convert_pt2e(graph, fold_quantize=False)
+    allow_exported_model_train_eval(converted)  # the wrapper below calls eval() on it (which then returns None)
+    c, h, w = shape_chw
+    wrapped = litert_torch.to_channel_last_io(converted, args=[0]).eval()
+    return litert_torch.convert(wrapped, (torch.zeros(1, h, w, c),), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
+def _int8(model, args, calib):
+    import litert_torch
+    import torch
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    quantizer = _quantizer()
     model = _hard_activations_as_int8_ops(model)
     try:
         graph = torch.export.export(model, args, strict=True).module()
@@ -153,10 +220,14 @@ def with_metadata(model_bytes: bytes, meta: dict) -> bytes:
 def convert_one(model, job: dict, precision: str, calib) -> dict:
     c, h, w = job["metadata"]["input_size"]
     started = time.perf_counter()
-    wrapped, args = _nhwc(model, (c, h, w))
     path = Path(job["outputs"][precision])
     tmp = path.with_name(f".{path.name}.tmp")
-    CONVERTERS[precision](wrapped, args, calib).export(str(tmp))
+    if precision == "int8_qat":
+        converted = _int8_qat(model, (c, h, w), job["qat_state"])
+    else:
+        wrapped, args = _nhwc(model, (c, h, w))
+        converted = CONVERTERS[precision](wrapped, args, calib)
+    converted.export(str(tmp))
     raw = tmp.read_bytes()
     params = quant_params(raw)
     meta = {**job["metadata"], "format": f"tflite_{precision}", "layout": "NHWC", "input_size": [h, w, c],

@@ -25,16 +25,17 @@ def _require(module: str, pin: str) -> None:
 
 
 def convert(checkpoint: Path, outputs: dict, metadata: dict, calibration: np.ndarray | None,
-            timeout: float = 1200) -> dict:
+            timeout: float = 1200, qat_state: Path | None = None) -> dict:
     """Convert the compress checkpoint ``checkpoint`` to each precision in ``outputs`` ({precision: path}) in
-    a subprocess. ``calibration``: normalised NCHW float images for int8.
+    a subprocess. ``calibration``: normalised NCHW float images for int8; ``qat_state``: the fine-tuned QAT
+    graph's state_dict for int8_qat (pipeline/export/qat.py).
 
     Returns {precision: {"status": ..., "reason" or the input/output quantization params}}.
     """
-    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout)[0]
+    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout, qat_state)[0]
 
 
-def convert_many(jobs: list[tuple], timeout: float = 1200) -> list[dict]:
+def convert_many(jobs: list[tuple], timeout: float = 1200, qat_state: Path | None = None) -> list[dict]:
     """Several conversions in one subprocess (litert-torch starts once), ``timeout`` seconds per job; a crash
     of that process becomes a failed entry for every precision of every job."""
     _require("litert_torch", "litert-torch==0.10.0")
@@ -45,7 +46,8 @@ def convert_many(jobs: list[tuple], timeout: float = 1200) -> list[dict]:
             # absolute: the converter process runs from the repository root, not from the user's folder
             job = {"checkpoint": str(Path(checkpoint).resolve()),
                    "outputs": {k: str(Path(v).resolve()) for k, v in outputs.items()},
-                   "metadata": metadata, "calibration": None}
+                   "metadata": metadata, "calibration": None,
+                   "qat_state": str(Path(qat_state).resolve()) if qat_state else None}
             if calibration is not None:
                 job["calibration"] = str(Path(tmp) / f"calibration{i}.npy")
                 np.save(job["calibration"], calibration)

@@ -1,0 +1,111 @@
+"""Quantization-aware fine-tuning of the distilled student, with the teacher's soft targets.
+
+The student is exported and prepared for QAT with the same PT2E quantizer and the same graph rewrites as the
+TFLite int8 route (``litert_convert.qat_graph``), so the fake-quantized network trained here is the one the
+converter turns into ``tflite_int8_qat``. It trains through the engine like every other stage (``fit``:
+progress bar, per-epoch checkpoints a rerun resumes, validation each epoch) as a Hinton KD task against the
+original teacher, whose logits are computed once and cached. Two deliberate differences from the student's
+training: fp32 arithmetic (bf16 autocast would round below the int8 steps the fake quantizers simulate) and
+a small cosine learning rate with no warm-up (a fine-tune, not a schedule from scratch). It runs on the CPU
+(the quantizer's patterns are matched for CPU graphs; one epoch of a small student is minutes).
+
+Observers record ranges for the first ``OBSERVE_FRACTION`` of the steps and are then frozen, so the last
+steps train against fixed scales, as the converted file will run. Batch norm is simulated folded by the
+quantizer's conv-bn pattern and folded for real by ``convert_pt2e``.
+
+The fine-tuned float weights and batch-norm statistics map back onto the student by name (export keeps the
+module names), which gives ``onnx_int8_qat``: those weights through ONNX Runtime's static quantizer.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OBSERVE_FRACTION = 0.5  # of the fine-tune's steps; then the quantization ranges are frozen
+
+
+class QatNet(nn.Module):
+    """The prepared PT2E graph behind the nn.Module interface the engine expects: ``train()``/``eval()`` move
+    the exported graph between modes (batch norm, dropout), which plain calls on it refuse to do."""
+
+    def __init__(self, graph: nn.Module, freeze_after: int):
+        super().__init__()
+        self.graph = graph
+        self.freeze_after = freeze_after
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # saved, so a resume freezes on time
+
+    def train(self, mode: bool = True):
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+        self.training = mode
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph)
+        return self
+
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            if int(self.steps) == self.freeze_after + 1:
+                from torchao.quantization.pt2e import disable_observer
+
+                self.graph.apply(disable_observer)
+        return self.graph(x.contiguous())
+
+
+def reason(qcfg, artifacts: dict) -> str | None:
+    """Why the fine-tune runs (``quantize.qat`` on, or auto and a post-training int8 file failed its accuracy
+    gate), or None. It serves the int8 files asked for (TFLite int8, ONNX x86), so without them it never runs."""
+    if "int8" not in qcfg.tflite and "x86" not in qcfg.targets:
+        return None
+    if qcfg.qat == "on":
+        return "quantize.qat is on"
+    failed = [n for n, e in artifacts.items() if e.get("cause") == "accuracy_gate"]
+    return f"{failed[0]} failed the accuracy gate" if qcfg.qat == "auto" and failed else None
+
+
+def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Path, *, seed: int,
+              fingerprint: str, console) -> tuple[QatNet, dict]:
+    """Fine-tune ``student`` with fake quantization; returns the trained QatNet (eval mode) and its metrics."""
+    from pipeline.distill.methods.kd import HintonKD
+    from pipeline.export.litert_convert import qat_graph
+    from pipeline.train.engine import fit
+
+    tcfg = dataclasses.replace(cfg.student, epochs=qcfg.qat_epochs, lr=qcfg.qat_lr, schedule="cosine",
+                               warmup_fraction=0.0, precision="fp32", channels_last=False, weights="",
+                               bn_recalibration_images=0)
+    steps = (len(ds.train_y) // tcfg.batch_size) * tcfg.epochs
+    graph, _ = qat_graph(student, (ds.channels, ds.size, ds.size))
+    net = QatNet(graph, freeze_after=int(steps * OBSERVE_FRACTION))
+    task = HintonKD(net, teacher, cfg.distill, [])
+    cache_s = task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
+    result = fit(task, net, ds, tcfg, out_dir, seed=seed, fingerprint=fingerprint, console=console,
+                 augment="none", device_name="cpu", label="qat")
+    net.eval()
+    metrics = {"epochs": tcfg.epochs, "lr": tcfg.lr, "cache_seconds": round(cache_s, 2), **result.test,
+               "val_top1": result.final.get("val_top1"), "history": result.history,
+               "seconds": round(sum(h["epoch_seconds"] for h in result.history), 2)}
+    return net, metrics
+
+
+def float_student(student: nn.Module, net: QatNet) -> nn.Module:
+    """A copy of ``student`` holding the fine-tuned weights and batch-norm statistics of ``net``."""
+    trained = net.graph.state_dict()
+    out = copy.deepcopy(student)
+    state = out.state_dict()
+    missing = [k for k in state if k not in trained and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise RuntimeError(f"the QAT graph lost {len(missing)} of the student's tensors, e.g. {missing[0]}")
+    out.load_state_dict({k: trained.get(k, v) for k, v in state.items()})
+    return out
+
+
+@torch.no_grad()
+def logits(net: QatNet, x, batch: int = 256) -> torch.Tensor:
+    """The fake-quantized model's logits for normalised float NCHW images (the parity reference)."""
+    import numpy as np
+
+    net.eval()
+    return torch.cat([net(torch.from_numpy(np.asarray(x[i:i + batch]))) for i in range(0, len(x), batch)])
