@@ -1,5 +1,7 @@
 """The ARM check's figures: its wall time (tree build + install + runs) and, per bundled artifact, host top-1,
-arm64 top-1 and the images whose top-1 class differs, on the bundle's images.
+arm64 top-1, the images whose top-1 class differs and the XNNPACK partitions of each TFLite file, on the bundle's
+images, once per TFLite runtime a bundle can install (the default's bundle with every format, the others' with the
+TFLite formats only: what changes between them is the TFLite runtime).
 
     sudo .venv/bin/python benchmarks/arm_check.py [--run-dir /tmp/arm-fm] [--cold]
 
@@ -26,6 +28,7 @@ RUN = ["-c", "smoke", "-s", "data.dataset=fashion_mnist", "-s", "data.train_subs
 
 def main() -> None:
     from deploy import arm_check
+    from deploy.bundle import TFLITE_RUNTIMES
     from deploy.runner import cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -35,19 +38,24 @@ def main() -> None:
     compress = [str(Path(sys.executable).with_name("compress")), *RUN, "-r", str(args.run_dir)]
     if not (args.run_dir / "benchmark" / "results.json").is_file():
         subprocess.run([*compress, "all"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    bundle = args.run_dir / "bundle" / "bench.tar.gz"
-    subprocess.run([*compress, "bundle", "--out", str(bundle)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    tflite_only = [a for f in ("tflite_fp32", "tflite_fp16", "tflite_int8") for a in ("--format", f)]
     with tempfile.TemporaryDirectory(prefix="arm-cache-", dir="/var/tmp") as cold:
         cache = Path(cold) if args.cold else None
-        doc, rows, times = arm_check.check(bundle, args.run_dir / "bundle" / "arm64-emulated.json", cache)
-    m = doc["machine"]
-    print(f"host: {cpu_name()}, {m['cores']} cores; arm64: Debian 12 ({m['os']}), Python {m['python']}, qemu "
-          f"{m['qemu']}, runtimes " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()))
-    print("host runtimes: " + ", ".join(f"{k} {v}" for k, v in m["host_runtimes"].items() if k != "torch"))
-    print(f"cache: {'cold (tree built, wheels installed)' if args.cold else 'warm (tree and venv reused)'}\n")
-    print(arm_check.summary(rows, times))
-    for line in arm_check.problems(rows):
-        print(f"FAIL {line}")
+        for i, runtime in enumerate(TFLITE_RUNTIMES):
+            bundle = args.run_dir / "bundle" / f"bench-{runtime}.tar.gz"
+            formats = tflite_only if i else []
+            subprocess.run([*compress, "bundle", "--runtime", runtime, "--out", str(bundle), *formats],
+                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            doc, rows, times = arm_check.check(bundle, args.run_dir / "bundle" / f"arm64-{runtime}.json", cache)
+            m = doc["machine"]
+            print(f"## bundle.runtime {runtime}\n\nhost: {cpu_name()}, {m['cores']} cores; arm64: Debian 12 "
+                  f"({m['os']}), Python {m['python']}, qemu {m['qemu']}, runtimes "
+                  + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()))
+            print("host runtimes: " + ", ".join(f"{k} {v}" for k, v in m["host_runtimes"].items() if k != "torch"))
+            print(f"cache: {'cold (tree built, wheels installed)' if args.cold else 'warm (tree reused)'}\n")
+            print(arm_check.summary(rows, times))
+            for line in arm_check.problems(rows):
+                print(f"FAIL {line}")
 
 
 if __name__ == "__main__":

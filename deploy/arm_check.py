@@ -42,8 +42,9 @@ from pipeline.errors import UserError
 DEVICE = "arm64 (emulated)"
 SUITE = "bookworm"  # Raspberry Pi OS Bookworm is Debian 12 with the Pi's kernel and firmware on top
 PACKAGES = "python3,python3-venv,ca-certificates"
-# aarch64 wheel tags the tree's glibc 2.36 accepts, newest first (tflite-runtime 2.14 is manylinux_2_34 only)
-PLATFORMS = ("manylinux_2_34_aarch64", "manylinux_2_28_aarch64", "manylinux2014_aarch64")
+# aarch64 wheel tags the tree's glibc 2.36 accepts, newest first (tflite-runtime 2.14 is manylinux_2_34 only,
+# ai-edge-litert 2.3.0 manylinux_2_27 only)
+PLATFORMS = ("manylinux_2_34_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64")
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 INT8_TOLERANCE = 0.01  # share of images an int8 (or fp16) model may classify differently from the host
 TOP = "compress-bundle"
@@ -191,7 +192,9 @@ def unpack(bundle: Path, dest: Path) -> Path:
 
 
 def compare(host: dict, arm: dict) -> list[dict]:
-    """Per artifact: host top-1, arm64 top-1, images whose predicted class differs (None where a side failed)."""
+    """Per artifact: host top-1, arm64 top-1, images whose predicted class differs (None where a side failed), and
+    for TFLite the arm64 runtime package and the XNNPACK partitions each side made of the file (whether a Pi's int8
+    file runs in XNNPACK at all depends on the runtime the bundle installs)."""
     by_name = {r["artifact"]: r for r in host["rows"]}
     out = []
     for row in arm["rows"]:
@@ -200,7 +203,8 @@ def compare(host: dict, arm: dict) -> list[dict]:
         differ = sum(a != b for a, b in zip(row["predictions"], ref["predictions"])) if both else None
         out.append({"artifact": row["artifact"], "precision": row.get("precision", "?"),
                     "images": row.get("images") or ref.get("images"), "host_top1": ref.get("top1"),
-                    "arm_top1": row.get("top1"), "differ": differ,
+                    "arm_top1": row.get("top1"), "differ": differ, "package": row.get("tflite_package"),
+                    "host_partitions": ref.get("xnnpack_partitions"), "partitions": row.get("xnnpack_partitions"),
                     "reason": None if both else row.get("reason") or ref.get("reason") or "missing on the host"})
     return out
 
@@ -222,10 +226,13 @@ def problems(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict]) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-    lines = ["| artifact | precision | images | host top-1 % | arm64 top-1 % | images that differ |",
-             "|---|---|---|---|---|---|"]
+    dash = lambda v: "-" if v is None else v  # noqa: E731
+    lines = ["| artifact | precision | images | host top-1 % | arm64 top-1 % | images that differ "
+             "| arm64 TFLite runtime | XNNPACK partitions host / arm64 |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['artifact']} | {r['precision']} | {r['images']} | {pct(r['host_top1'])} | {pct(r['arm_top1'])} "
-              f"| {'failed: ' + str(r['reason'])[:60] if r['differ'] is None else r['differ']} |" for r in rows]
+              f"| {'failed: ' + str(r['reason'])[:60] if r['differ'] is None else r['differ']} "
+              f"| {dash(r.get('package'))} | {dash(r.get('host_partitions'))} / {dash(r.get('partitions'))} |"
+              for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,12 @@ from pipeline.errors import UserError
 
 BUNDLE_SCHEMA = "compress.bundle/1"
 TOP = "compress-bundle"
+# bundle.runtime / --runtime: the TFLite runtime a board installs, pinned, with the numpy it runs with. ai-edge-litert
+# 2.3.0 first: under the emulated arm64 check its XNNPACK takes an int8 file whole (1 partition), tflite-runtime
+# 2.14's takes none (0: builtin kernels only, tensorflow/tensorflow#61946). ai-edge-litert's aarch64 wheel asks for
+# numpy>=1.23.2 (its ml_dtypes pulls numpy 2); tflite-runtime 2.14 was built against numpy 1 and needs numpy<2.
+TFLITE_RUNTIMES = {"ai-edge-litert": ("ai-edge-litert==2.3.0", "numpy>=1.23.2"),
+                   "tflite-runtime": ("tflite-runtime==2.14.0", "numpy<2")}
 
 README = """# compress device bundle (run {run_id})
 
@@ -26,12 +32,16 @@ images), latency at batch 1 with one thread and with every core (warm-up, then a
 {min_seconds} s), p50 / p90 / p99, throughput at batch {batch}, peak resident memory.
 
     python3 -m venv venv && . venv/bin/activate
-    pip install -r requirements.txt      # numpy<2 + {runtime}
+    pip install -r requirements.txt      # {requirements}
     python runner.py --device my-pi      # writes results.json
 
 Then on the host: `compress report --add results.json` puts this board into report.md and pareto.png.
 
 Models: {models}
+
+TFLite runtime: {tflite} (bundle.runtime; `compress bundle --runtime NAME` packs another: {choices}).
+Each TFLite row of results.json says the runtime package and the XNNPACK partitions it made of the file: an int8
+file with 0 partitions runs on TFLite's builtin kernels, not XNNPACK's.
 """
 
 
@@ -50,10 +60,13 @@ def _model_entry(run_root: Path, name: str, meta: dict) -> tuple[dict, Path]:
     return entry, path
 
 
-def requirements(runtimes: set, tflite_pin: str) -> str:
-    lines = ["numpy<2"]  # tflite-runtime 2.14 (what Raspberry Pi OS setups use) only runs with numpy<2
+def requirements(runtimes: set, tflite: str) -> str:
+    """requirements.txt: the numpy that ``tflite`` (a TFLITE_RUNTIMES name) runs with, its pin where the bundle
+    has TFLite models, onnxruntime where it has ONNX ones."""
+    pin, numpy = TFLITE_RUNTIMES[tflite]
+    lines = [numpy]
     if "tflite" in runtimes:
-        lines.append(tflite_pin)
+        lines.append(pin)
     if "onnxruntime" in runtimes:
         lines.append(_onnxruntime_pin())
     return "\n".join(lines) + "\n"
@@ -93,13 +106,12 @@ def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip
     with tempfile.TemporaryDirectory(prefix="compress-bundle-") as tmpdir:
         npz = write_eval_set(Path(tmpdir) / "eval.npz", ds, images)
         n_images = len(ds.test_y) if images <= 0 else min(images, len(ds.test_y))
+        reqs = requirements({e["runtime"] for e, _ in entries}, cfg.bundle.runtime)
         text = README.format(run_id=info["run_id"], images=n_images, batch=cfg.benchmark.throughput_batch,
                              min_runs=cfg.benchmark.min_runs, min_seconds=cfg.benchmark.min_seconds,
-                             runtime=" + ".join(requirements({e["runtime"] for e, _ in entries},
-                                                             cfg.bundle.runtime).split()[1:]),
-                             models=", ".join(e["artifact"] for e, _ in entries))
-        files = {"bundle.json": json.dumps(spec, indent=2) + "\n", "README.md": text,
-                 "requirements.txt": requirements({e["runtime"] for e, _ in entries}, cfg.bundle.runtime)}
+                             requirements=" + ".join(reqs.split()), tflite=TFLITE_RUNTIMES[cfg.bundle.runtime][0],
+                             choices=", ".join(TFLITE_RUNTIMES), models=", ".join(e["artifact"] for e, _ in entries))
+        files = {"bundle.json": json.dumps(spec, indent=2) + "\n", "README.md": text, "requirements.txt": reqs}
         with atomic_path(out) as tmp:
             _write_tar(tmp, files, {"runner.py": Path(__file__).with_name("runner.py"), "eval.npz": npz,
                                     **{e["file"]: p for e, p in entries}})

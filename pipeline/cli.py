@@ -195,10 +195,14 @@ def bundle_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Where to write the tar.gz.")] = None,
     check_arm: Annotated[bool, typer.Option("--check-arm", help="Then run it on an emulated arm64 Debian 12 "
                                             "(root, qemu) and compare each image with the host.")] = False,
+    runtime: Annotated[Optional[str], typer.Option(help="TFLite runtime the board installs: ai-edge-litert or "
+                                                   "tflite-runtime (default bundle.runtime).")] = None,
 ):
     """Write a tar.gz for a Raspberry Pi or Linux board: models, runner, eval set, requirements, README."""
     from deploy import bundle as bundle_mod
 
+    if runtime is not None:  # checked like the config key it overrides (a typo names the closest runtime)
+        STATE.overrides = [*STATE.overrides, f"bundle.runtime={runtime}"]
     cfg, run = _setup()
     if not run.root.is_dir():
         raise UserError(f"run folder {run.root} does not exist; run 'compress all' first or give --run-dir")

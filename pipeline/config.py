@@ -25,6 +25,7 @@ FRACTION = {"gt": 0.0, "lt": 1.0}
 
 AUGMENT = Names("pipeline.data.batches", "AUGMENT")
 PRECISIONS = Names("pipeline.train.precision", "PRECISIONS")
+TFLITE_RUNTIMES = Names("deploy.bundle", "TFLITE_RUNTIMES")
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class BundleConfig:
     formats: tuple[str, ...] = check(("tflite_fp32", "tflite_fp16", "tflite_int8", "onnx_fp32", "onnx_int8_arm"),
                                     choices=("tflite_fp32", "tflite_fp16", "tflite_int8", "onnx_fp32", "onnx_int8_arm"))
     images: int = check(1000, ge=0)
-    runtime: str = "tflite-runtime==2.14.0"
+    runtime: str = check("ai-edge-litert", choices=TFLITE_RUNTIMES)  # the TFLite runtime a board installs
 
 
 @dataclass(frozen=True)
@@ -235,9 +236,6 @@ def _check_whole(cfg: Config) -> Config:
     if 0 < cfg.data.image_size < 8:
         raise UserError(f"config key 'data.image_size' = {cfg.data.image_size} is too small; give 8 or more "
                         "(0 keeps the data set's own size)")
-    if not cfg.bundle.runtime.strip():
-        raise UserError("bundle.runtime is empty; give the pip requirement of the TFLite runtime the board installs, "
-                        "e.g. tflite-runtime==2.14.0")
     if cfg.teacher.epochs == 0 and not cfg.teacher.weights:
         raise UserError("teacher.epochs is 0 (use the weights as given) but teacher.weights is empty; "
                         "give a weights file or train for at least one epoch")

@@ -91,7 +91,9 @@ def test_compare_counts_images_not_totals():
     host = _doc([_row("tflite_fp32", "fp32", 0.5, [0, 1, 2, 3]), _row("tflite_int8", "int8", 0.5, [0, 1] * 100)],
                 "host")
     # same top-1 for fp32 (two swapped images), one image different for int8
-    arm = _doc([_row("tflite_fp32", "fp32", 0.5, [1, 0, 2, 3]), _row("tflite_int8", "int8", 0.5, [1, 1] + [0, 1] * 99),
+    arm = _doc([_row("tflite_fp32", "fp32", 0.5, [1, 0, 2, 3]),
+                _row("tflite_int8", "int8", 0.5, [1, 1] + [0, 1] * 99, tflite_package="tflite-runtime",
+                     xnnpack_partitions=0),
                 {"artifact": "onnx_fp32", "precision": "fp32", "status": "failed", "reason": "signal 11"}], "arm")
     rows = arm_check.compare(host, arm)
     assert [r["differ"] for r in rows] == [2, 1, None]
@@ -99,7 +101,7 @@ def test_compare_counts_images_not_totals():
     assert len(bad) == 2 and "tflite_fp32" in bad[0] and "onnx_fp32" in bad[1]
     rows[1]["differ"] = 3  # 3 of 200 is 1.5%
     assert any("tflite_int8" in p for p in arm_check.problems(rows))
-    assert "| tflite_int8 | int8 | 200 | 50.00 | 50.00 | 3 |" in arm_check.markdown(rows)
+    assert "| tflite_int8 | int8 | 200 | 50.00 | 50.00 | 3 | tflite-runtime | - / 0 |" in arm_check.markdown(rows)
 
 
 def test_runner_can_return_each_images_prediction():
@@ -126,8 +128,10 @@ def test_runner_can_return_each_images_prediction():
 def test_onnx_models_in_a_bundle_pin_the_hosts_onnxruntime():
     from importlib import metadata
 
-    lines = bundle.requirements({"tflite", "onnxruntime"}, "tflite-runtime==2.14.0").split()
-    assert lines == ["numpy<2", "tflite-runtime==2.14.0", f"onnxruntime=={metadata.version('onnxruntime')}"]
+    ort = f"onnxruntime=={metadata.version('onnxruntime')}"
+    assert bundle.requirements({"tflite", "onnxruntime"}, "tflite-runtime").split() == [
+        "numpy<2", "tflite-runtime==2.14.0", ort]
+    assert bundle.requirements({"onnxruntime"}, "ai-edge-litert").split() == ["numpy>=1.23.2", ort]
 
 
 # --- the report: an accuracy-only device ------------------------------------------------------------------------
@@ -163,7 +167,9 @@ def test_report_keeps_emulated_rows_out_of_latency(tmp_path):
 @pytest.mark.slow
 def test_arm64_bundle_classifies_like_the_host(tmp_path, cli, capsys):
     """Every bundled artifact on Debian 12 arm64 under qemu: fp32 must classify every image as the host does, int8
-    (and fp16) may differ on at most 1% of the images."""
+    (and fp16) may differ on at most 1% of the images. The bundle installs its default TFLite runtime,
+    ai-edge-litert, whose aarch64 XNNPACK must take the int8 file whole (one partition; tflite-runtime 2.14's
+    took none)."""
     try:
         arm_check.preflight()
     except UserError as exc:
@@ -186,8 +192,12 @@ def test_arm64_bundle_classifies_like_the_host(tmp_path, cli, capsys):
     with capsys.disabled():
         print(f"\n{result.output.strip()}\nARM check via 'compress bundle --check-arm': {seconds:.0f} s")
     assert doc["machine"]["emulated"] is True and doc["machine"]["arch"] == "aarch64" and doc["machine"]["qemu"]
-    assert doc["machine"]["runtimes"].get("tflite-runtime") == "2.14.0"
+    pin = bundle.TFLITE_RUNTIMES["ai-edge-litert"][0]
+    assert doc["machine"]["runtimes"].get("ai-edge-litert") == pin.split("==")[1], doc["machine"]["runtimes"]
+    assert "tflite-runtime" not in doc["machine"]["runtimes"]
     rows = {r["artifact"]: r for r in doc["rows"]}
+    assert {r["tflite_package"] for r in rows.values() if r["runtime"] == "tflite"} == {"ai-edge-litert"}
+    assert rows["tflite_int8"]["xnnpack_partitions"] == 1, rows["tflite_int8"]
     assert set(rows) >= {"tflite_fp32", "tflite_int8", "onnx_fp32", "onnx_int8_arm"}, set(rows)
     assert len(set(rows["onnx_fp32"]["predictions"])) >= 3, "a model that predicts one class proves nothing"
     for name, row in rows.items():

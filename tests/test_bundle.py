@@ -57,7 +57,9 @@ def test_bundle_contents(tflite_run, tmp_path):
     assert spec["run"]["run_id"] == inventory.run_info(tflite_run.root)["run_id"]
     assert [m["artifact"] for m in spec["models"]] == ["tflite_int8", "tflite_fp32"]
     assert spec["models"][0]["meta"]["mean"] and (folder / spec["models"][0]["file"]).is_file()
-    assert (folder / "requirements.txt").read_text().split() == ["numpy<2", "tflite-runtime==2.14.0"]
+    assert (folder / "requirements.txt").read_text().split() == ["numpy>=1.23.2", "ai-edge-litert==2.3.0"]
+    assert "pip install -r requirements.txt      # numpy>=1.23.2 + ai-edge-litert==2.3.0" in (
+        folder / "README.md").read_text()
     assert "import torch" not in (folder / "runner.py").read_text()
     import numpy as np
     assert len(np.load(folder / "eval.npz")["labels"]) == 100
@@ -98,13 +100,27 @@ def test_an_out_that_cannot_be_written_is_one_line(tflite_run, tmp_path, cli):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_runtime_option_packs_tflite_runtime_with_numpy_1(tflite_run, tmp_path, cli):
+    out = tmp_path / "b.tar.gz"
+    result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", "--runtime", "tflite-runtime", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    folder = _unpack(out, tmp_path / "u")
+    assert (folder / "requirements.txt").read_text().split() == ["numpy<2", "tflite-runtime==2.14.0"]
+    assert "TFLite runtime: tflite-runtime==2.14.0" in (folder / "README.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--images", "-1"], "Invalid value for '--images'"),
     (["--format", "tflite_in8"], "unknown format 'tflite_in8' (did you mean 'tflite_int8'?); valid: torch_fp32,"),
+    (["--runtime", "tflite-runtim"], "'bundle.runtime' = 'tflite-runtim' is not allowed (did you mean "
+                                     "'tflite-runtime'?); use one of: ai-edge-litert, tflite-runtime"),
+    (["--runtime", "ai_edge_litert"], "(did you mean 'ai-edge-litert'?)"),
 ])
 def test_bad_bundle_options(tflite_run, cli, args, message):
     result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", *args)
     assert result.exit_code == 2 and message in result.output, result.output
+    if args[0] != "--images":  # click's own errors come boxed, ours are one line
+        assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 @pytest.fixture(scope="module")

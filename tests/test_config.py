@@ -82,7 +82,8 @@ def test_section_hash_changes_with_content():
     ("adapt.stages=[1, 1]", "'adapt.stages' lists 1 twice"),
     ("compare.methods=[student, kd, kd]", "'compare.methods' lists 'kd' twice"),
     ("data.image_size=7", "'data.image_size' = 7 is too small; give 8 or more"),
-    ("bundle.runtime=' '", "bundle.runtime is empty"),
+    ("bundle.runtime=tflite-runtime==2.14.0", "'bundle.runtime' = 'tflite-runtime==2.14.0' is not allowed (did you "
+                                              "mean 'tflite-runtime'?); use one of: ai-edge-litert, tflite-runtime"),
 ])
 def test_out_of_range_values_name_the_key_value_and_range(item, message):
     with pytest.raises(UserError) as info:
