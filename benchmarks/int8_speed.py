@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
-NETS = ("mobilenet_v3_small", "mobilenet_v3_small_relu", "mobilenet_v3_small_decomposed", "mobilenet_v2",
-        "efficientnet_b0", "shufflenet_v2_x1_0", "resnet18")
+NETS = ("mobilenet_v3_small", "mobilenet_v3_small_relu", "mobilenet_v3_small_minimal", "mobilenet_v3_small_relu_gate",
+        "mobilenet_v3_small_decomposed", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x1_0", "resnet18")
 CLASSES, CALIB_IMAGES, SEED = 10, 32, 0
 
 
@@ -94,11 +94,16 @@ def _activations():
 
 
 def variants() -> dict[str, tuple[str, str | None]]:
-    """Every net name this script knows: name -> (torchvision arch, activation variant or None)."""
-    table = {n: (n, None) for n in ("mobilenet_v3_small", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x1_0",
-                                    "shufflenet_v2_x0_5", "resnet18", "mobilenet_v3_large")}
-    for var in ("relu", "decomposed", "hardtanh", "clamp", "const4d", "const4d_mul"):
+    """Every net name this script knows: name -> (registered arch, activation variant or None). The registry's
+    rows (mobilenet_v3_small_relu and _minimal included) are built as the pipeline builds them; the others are
+    mobilenet_v3_small with its activations swapped here ('relu_gate': ReLU for hard-swish and for the squeeze-excite
+    gate's hard-sigmoid, the first 'relu' variant this benchmark measured)."""
+    from pipeline.models import torchvision_nets
+
+    table = {n: (n, None) for n in torchvision_nets.TABLE}
+    for var in ("decomposed", "hardtanh", "clamp", "const4d", "const4d_mul"):
         table[f"mobilenet_v3_small_{var}"] = ("mobilenet_v3_small", var)
+    table["mobilenet_v3_small_relu_gate"] = ("mobilenet_v3_small", "relu")
     return table
 
 
@@ -438,7 +443,8 @@ def write_report(state: dict, out: Path) -> None:
             res = done.get(name)
             if res and "summary" in res:
                 s = res["summary"]
-                lines.append(f"- {name}: TFLite: {s.get('tflite_int8', '—')}; ORT: {s.get('onnx_int8', '—')}")
+                load = f" (load average {res['loadavg_1min_after']} as it ended)" if "loadavg_1min_after" in res else ""
+                lines.append(f"- {name}: TFLite: {s.get('tflite_int8', '—')}; ORT: {s.get('onnx_int8', '—')}{load}")
         lines.append("")
     layout = [(size, name, res) for size in state["sizes"] for name in state["nets"]
               for res in [state["results"].get(str(size), {}).get(name)] if res and "audit" in res]
@@ -559,6 +565,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 res = {"net": name, "size": size, "error": f"timed out after {args.timeout} s"}
             res["wall_s"] = round(time.perf_counter() - started, 1)
+            res["loadavg_1min_after"] = round(os.getloadavg()[0], 2)  # the machine's load while it ran
             state["results"].setdefault(str(size), {})[name] = res
             write_report(state, out)
             if "error" in res:

@@ -165,25 +165,6 @@ def test_the_int8_rewrite_of_hard_swish_keeps_the_function():
         assert torch.allclose(net(x), rewritten(x), atol=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v2"])
-def test_a_registered_students_int8_tflite_file_is_one_xnnpack_partition(tmp_path, arch):
-    """The pipeline's int8 conversion of the students people ship: every op in XNNPACK's int8 kernels."""
-    from pipeline.export import litert_convert
-    from pipeline.models import create
-
-    torch.manual_seed(0)
-    net = create(arch, 3, 10, 1.0).train()
-    with torch.no_grad():
-        for _ in range(3):  # statistics that are not the reset ones
-            net(torch.randn(8, 3, 32, 32))
-    wrapped, args = litert_convert._nhwc(net.eval(), (3, 32, 32))
-    calib = np.random.default_rng(0).standard_normal((8, 32, 32, 3)).astype(np.float32)
-    litert_convert.CONVERTERS["int8"](wrapped, args, calib).export(str(tmp_path / "int8.tflite"))
-    audit = int8_audit.tflite_audit(tmp_path / "int8.tflite")
-    assert audit["partitions"] == 1 and not audit["outside_int8"], int8_audit.summary(audit)
-
-
 def test_hard_swish_reaches_onnx_runtimes_int8_kernels_and_keeps_its_function(tmp_path):
     import onnxruntime as ort
 

@@ -71,3 +71,53 @@ def test_the_same_weights_save_as_the_same_bytes_whatever_the_file_name(tmp_path
     b = models.save_checkpoint(tmp_path / "other" / "adapted.pt", model, "resnet8", 1.0, meta)
     assert a.read_bytes() == b.read_bytes()
     models.load_model(b, expect_arch="resnet8")
+
+
+def test_mobilenet_v3_small_variants_are_registry_rows_with_torchvision_keys():
+    """The quantization-friendly rows: no hard-swish (relu), no hard-swish nor squeeze-excite (minimal); every
+    tensor they keep has torchvision's name and shape, and a config names them like any other net."""
+    from torch import nn
+    from torchvision.ops.misc import SqueezeExcitation
+
+    from pipeline import preflight
+    from pipeline.config import TrainConfig
+
+    base, relu, minimal = (models.create(n, 3, 10) for n in
+                           ("mobilenet_v3_small", "mobilenet_v3_small_relu", "mobilenet_v3_small_minimal"))
+
+    def kinds(m):
+        return {type(x) for x in m.modules()}
+    assert nn.Hardswish in kinds(base) and nn.Hardswish not in kinds(relu) | kinds(minimal)
+    assert {nn.Hardsigmoid, SqueezeExcitation} <= kinds(relu)
+    assert not {nn.Hardsigmoid, SqueezeExcitation} & kinds(minimal)
+    shapes = {k: v.shape for k, v in base.state_dict().items()}
+    assert {k: v.shape for k, v in relu.state_dict().items()} == shapes
+    kept = {k: v.shape for k, v in minimal.state_dict().items()}
+    assert kept.items() < shapes.items() and all(".fc1." in k or ".fc2." in k for k in shapes.keys() - kept.keys())
+    assert relu.stage_channels == minimal.stage_channels == base.stage_channels
+    for name in ("mobilenet_v3_small_relu", "mobilenet_v3_small_minimal"):
+        preflight._check_net("student", TrainConfig(arch=name))
+
+
+def test_default_weights_of_a_variant_are_its_torchvision_nets(monkeypatch):
+    """weights: DEFAULT for a variant loads torchvision's weights of the net it is built from; the minimal
+    variant leaves the squeeze-excite tensors out."""
+    import torchvision
+
+    torch.manual_seed(0)
+    source = torchvision.models.mobilenet_v3_small(weights=None).state_dict()
+    asked = []
+
+    class Weights:
+        class DEFAULT:
+            @staticmethod
+            def get_state_dict(progress):
+                return source
+
+    monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: asked.append(name) or Weights)
+    logs = []
+    model = models.create_from("mobilenet_v3_small_minimal", 3, 4, weights="DEFAULT", log=logs.append)
+    assert asked == ["mobilenet_v3_small"]
+    assert torch.equal(model.net.features[4].block[0][0].weight, source["features.4.block.0.0.weight"])
+    assert any("tensors of torchvision's mobilenet_v3_small that mobilenet_v3_small_minimal has no layer for" in m
+               for m in logs)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.export.int8_graphs import max_pool_padding_as_zero_pad
+
 METADATA_NAME = "compress"
 
 
@@ -170,6 +172,7 @@ def _int8(model, args, calib):
         graph = torch.export.export(model, args, strict=True).module()
     except Exception:  # strict export refuses some Python constructs; non-strict only leaves adds in float
         graph = torch.export.export(model, args).module()
+    max_pool_padding_as_zero_pad(graph)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for image in calib:

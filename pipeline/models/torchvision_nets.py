@@ -16,7 +16,8 @@ keys under ``net.``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -29,12 +30,45 @@ class Row:
     stage_nodes: tuple[str, ...]  # outputs at strides 2, 4, 8, 16, 32
     logits_node: str
     size: int = 224  # the input size its published weights were trained at
+    builder: str = ""  # torchvision's constructor, when the row is a variant of it (default: the row's name)
+    transform: Callable[[nn.Module], None] | None = None  # edits the built net in place (a variant's changes)
+
+
+def _modules_replaced(net: nn.Module, old: tuple[type, ...], new: Callable[[nn.Module], nn.Module]) -> None:
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, old):
+                setattr(module, name, new(child))
+
+
+def relu_for_hard_swish(net: nn.Module) -> None:
+    """Every nn.Hardswish -> nn.ReLU; the squeeze-excite gates keep their nn.Hardsigmoid, which the int8
+    export writes as relu6(x + 3) * (1/6) (pipeline/export/litert_convert.py), so it already runs in XNNPACK's int8
+    kernels. Why: hard-swish is the one op of MobileNetV3 that int8 kernel sets lack (XNNPACK, ORT's QDQ fusions),
+    and even rewritten it costs 3 elementwise ops per activation, which an int8 ReLU folds into its conv."""
+    _modules_replaced(net, (nn.Hardswish,), lambda old: nn.ReLU(inplace=True))
+
+
+def minimal(net: nn.Module) -> None:
+    """ReLU for hard-swish and no squeeze-excite (each SE block an nn.Identity, so every other key keeps its
+    torchvision name): the "minimal" MobileNetV3 of the paper (Howard et al. 2019) and the EfficientNet-Lite
+    recipe, made for integer accelerators. The 5x5 depthwise kernels stay, so the rest of a torchvision
+    checkpoint still fits. Why: the SE gate is a global pool, two 1x1 convs and a multiply per block, all
+    memory-bound and with a per-tensor int8 scale to share across channels."""
+    from torchvision.ops.misc import SqueezeExcitation
+
+    relu_for_hard_swish(net)
+    _modules_replaced(net, (SqueezeExcitation,), lambda old: nn.Identity())
 
 
 _RESNET = Row(("relu", "layer1", "layer2", "layer3", "layer4"), "fc")
+_V3_SMALL = Row(("features.0", "features.1", "features.3", "features.8", "features.12"), "classifier")
 TABLE: dict[str, Row] = {
     "mobilenet_v2": Row(("features.1", "features.3", "features.6", "features.13", "features.18"), "classifier"),
-    "mobilenet_v3_small": Row(("features.0", "features.1", "features.3", "features.8", "features.12"), "classifier"),
+    "mobilenet_v3_small": _V3_SMALL,
+    # quantization-friendly variants: the same torchvision net, edited by a transform (same stage nodes)
+    "mobilenet_v3_small_relu": replace(_V3_SMALL, builder="mobilenet_v3_small", transform=relu_for_hard_swish),
+    "mobilenet_v3_small_minimal": replace(_V3_SMALL, builder="mobilenet_v3_small", transform=minimal),
     "mobilenet_v3_large": Row(("features.1", "features.3", "features.6", "features.12", "features.16"), "classifier"),
     "efficientnet_b0": Row(("features.1", "features.2", "features.3", "features.5", "features.8"), "classifier"),
     "shufflenet_v2_x0_5": Row(("conv1", "maxpool", "stage2", "stage3", "conv5"), "fc"),
@@ -73,7 +107,9 @@ class TorchvisionNet(nn.Module):
         import torchvision
 
         self.arch, self.row = arch, TABLE[arch]
-        self.net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        self.net = getattr(torchvision.models, self.row.builder or arch)(weights=None, num_classes=num_classes)
+        if self.row.transform:
+            self.row.transform(self.net)
         adapt_first_conv(self.net, in_channels)
         self.stem = nn.Identity()  # stage 0 starts from the image
         self.stage_channels = [m.shape[1] for m in self._probe(in_channels)]

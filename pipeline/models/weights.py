@@ -42,7 +42,7 @@ def read_state(source: str, arch: str, field: str = "weights") -> dict[str, torc
         import torchvision
 
         try:
-            return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
+            return torchvision.models.get_model_weights(_builder(arch)).DEFAULT.get_state_dict(progress=False)
         except ValueError as exc:
             raise UserError(f"{field}: DEFAULT means torchvision's pretrained weights, which {arch} has none of; "
                             "give a file path instead") from exc
@@ -119,6 +119,14 @@ def adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
     return mean.repeat(1, channels, 1, 1) * (weight.shape[1] / channels)
 
 
+def _builder(arch: str) -> str:
+    """The torchvision net a registered variant is built from (mobilenet_v3_small_relu -> mobilenet_v3_small)."""
+    from pipeline.models.torchvision_nets import TABLE
+
+    row = TABLE.get(arch)
+    return (row.builder if row else "") or arch
+
+
 def load_into(model: nn.Module, source: str, arch: str, log=print, field: str = "weights") -> set[str]:
     """Load ``source`` into ``model``; returns the names of the parameters that came from the file."""
     target = model.state_dict()
@@ -131,6 +139,9 @@ def load_into(model: nn.Module, source: str, arch: str, log=print, field: str = 
     head, conv = _classifier_keys(model), _first_conv_key(model)
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     extra = [k for k in state if k not in target]
+    if source == "DEFAULT" and extra and _builder(arch) != arch:  # a variant without some of its base's layers
+        log(f"weights: {len(extra)} tensors of torchvision's {_builder(arch)} that {arch} has no layer for left out")
+        state, extra = {k: v for k, v in state.items() if k in target}, []
     if missing or extra:
         raise UserError(f"{field}: {source} do not fit a {arch}: {len(missing)} tensors missing (e.g. "
                         f"{(missing or ['-'])[0]}), {len(extra)} unknown (e.g. {(extra or ['-'])[0]}); "
