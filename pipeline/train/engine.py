@@ -120,7 +120,7 @@ def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label
         raise UserError(f"batch size {cfg.batch_size} is larger than the training set; lower {label}.batch_size")
     trainable = param_groups(task, model, cfg.lr, getattr(cfg, "backbone_lr", 1.0))
     opt, sched = make_optimizer(trainable, cfg, steps_per_epoch * cfg.epochs)
-    precision, record = _precision(task, model, ds, cfg, device, d, resumed)
+    precision, record = _precision(task, ds, cfg, device, d, resumed)
     if console and d.main and record and not resumed:
         console.print(f"{label}: {describe(record)}", highlight=False)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
@@ -128,7 +128,7 @@ def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label
                    record)
 
 
-def _precision(task, model, ds, cfg, device, d: Dist, resumed: dict | None) -> tuple[str, dict]:
+def _precision(task, ds, cfg, device, d: Dist, resumed: dict | None) -> tuple[str, dict]:
     """(precision, probe record): forced or GPU AMP as configured; else the one a resumed training started in
     (results stay those of an uninterrupted run); else the probe's, which rank 0 alone runs and every rank
     follows."""
