@@ -1,6 +1,6 @@
 """Training throughput of the engine against bare PyTorch loops, in one run.
 
-    .venv/bin/python benchmarks/engine_throughput.py [--arch resnet20] [--steps 60] [--threads 2]
+    .venv/bin/python benchmarks/engine_throughput.py [--arch resnet20] [--steps 60] [--threads 2] [--precision bf16]
 
 Prints images/s for: a bare fp32 NCHW loop, a bare loop in the engine's precision + memory format, and the
 engine's own training epoch (batch augmentation, progress bar, metrics included) with the same model, batch and
@@ -21,14 +21,14 @@ from torch import nn
 from pipeline import data, models
 from pipeline.config import DataConfig, TrainConfig
 from pipeline.train import engine
-from pipeline.train.precision import autocast, resolve_precision
+from pipeline.train.precision import autocast
 
 
 def bare_loop(arch: str, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, precision: str,
-              channels_last: bool) -> float:
+              channels_last: bool, width: float = 1.0) -> float:
     """Images/s of the plainest training loop: pre-normalised tensors, SGD, no data pipeline at all."""
     torch.manual_seed(0)
-    model = models.create(arch, x.shape[1], 10)
+    model = models.create(arch, x.shape[1], 10, width)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -72,12 +72,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    # auto is a per-net probe now (pipeline/train/probe.py); precision_speed.py says which one it picks here
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ds = data.load(DataConfig(dataset="fashion_mnist", download=False))
     n = args.batch * args.steps
     x, y = ds.normalize(ds.train_x[:n]), ds.train_y[:n]
-    precision = resolve_precision("auto", torch.device("cpu"))
+    precision = args.precision
     rows = [
         ("bare loop, fp32, NCHW", bare_loop(args.arch, x, y, args.batch, args.steps, "fp32", False)),
         (f"bare loop, {precision}, channels_last", bare_loop(args.arch, x, y, args.batch, args.steps, precision, True)),

@@ -44,7 +44,6 @@ def run(ctx) -> list[Path]:
     from pipeline.train.devices import init_distributed, pick_device
     from pipeline.train.engine import fit
     from pipeline.train.evaluate import evaluate
-    from pipeline.train.precision import resolve_precision
 
     cfg = ctx.cfg
     models.check_arch(cfg.student.arch)
@@ -57,11 +56,11 @@ def run(ctx) -> list[Path]:
     device = pick_device(cfg.device, init_distributed())
     tcfg = _train_config(cfg)
     train_ds = _subset(ds, cfg.adapt.train_subset)
-    task.setup(train_ds, device, augment="none", channels_last=tcfg.channels_last)
+    task.setup(train_ds, device, augment="none", channels_last=tcfg.channels_last,
+               teacher_precision=teacher.trained_precision)
     result = fit(task, adapted, train_ds, tcfg, ctx.dir, seed=cfg.seed, fingerprint=ctx.fingerprint,
                  console=ctx.console, augment="none", device_name=cfg.device, label="adapt")
-    precision = resolve_precision(tcfg.precision, device, teacher)
-    held_out = {"batch_size": tcfg.eval_batch_size, "device": device, "precision": precision,
+    held_out = {"batch_size": tcfg.eval_batch_size, "device": device, "precision": result.precision,
                 "channels_last": tcfg.channels_last}
     original = {split: evaluate(teacher.to(device), ds, split, **held_out) for split in ("val", "test")}
     state = {**adapted.adapter_state(), "teacher_arch": cfg.teacher.arch, "student_arch": cfg.student.arch,
@@ -72,7 +71,8 @@ def run(ctx) -> list[Path]:
                        teacher_val_top1=original["val"].get("val_top1"),
                        adapted_teacher_top1=result.test["test_top1"], adapted_test_loss=result.test["test_loss"],
                        adapted_teacher_val_top1=result.final.get("val_top1"), adapted_bn_check=result.bn_check,
-                       module_params=sum(p.numel() for p in adapted.adapters.parameters()))
+                       module_params=sum(p.numel() for p in adapted.adapters.parameters()),
+                       precision=result.precision, precision_probe=result.probe)
     ctx.console.print(f"adapt: teacher {original['test']['test_top1']:.2%} -> adapted teacher "
                       f"{result.test['test_top1']:.2%} on test (stages {adapted.stages})")
     return [out, ctx.dir / "metrics.jsonl"]

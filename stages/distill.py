@@ -73,6 +73,8 @@ def _record(ctx, runs: dict, method: str) -> None:
                        adapted_teacher_top1=adapt.get("adapted_teacher_top1"),
                        seconds_per_epoch=s["seconds_per_epoch"], baseline_seconds_per_epoch=b["seconds_per_epoch"],
                        cache_seconds=s["cache_seconds"], gain_top1=s["test_top1"] - b["test_top1"],
-                       bn_check={n: r["bn_check"] for n, r in runs.items()})
+                       bn_check={n: r["bn_check"] for n, r in runs.items()},
+                       precision={n: r["precision"] for n, r in runs.items()},
+                       precision_probe={n: r["precision_probe"] for n, r in runs.items()})
     ctx.console.print(f"distill: {method} student {s['test_top1']:.2%}, student alone {b['test_top1']:.2%}",
                       highlight=False)

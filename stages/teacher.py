@@ -31,10 +31,11 @@ def run(ctx) -> list[Path]:
                  device_name=cfg.device, label="teacher")
     final = {**result.final, **result.test}
     ckpt = models.save_checkpoint(ctx.dir / "model.pt", model, tcfg.arch, tcfg.width, ds.meta(),
-                                  test_top1=final["test_top1"])
+                                  test_top1=final["test_top1"], precision=result.precision)
     plot = training_curves({"teacher": result.history}, ctx.dir / "curves.png", f"teacher {tcfg.arch}")
     ctx.metrics.update(test_top1=final["test_top1"], test_loss=final["test_loss"], val_top1=final.get("val_top1"),
-                       epochs=len(result.history), bn_check=result.bn_check,
+                       epochs=len(result.history), bn_check=result.bn_check, precision=result.precision,
+                       precision_probe=result.probe,
                        params=sum(p.numel() for p in model.parameters()),
                        images_per_s=sum(h["images_per_s"] for h in result.history) / len(result.history))
     return [ckpt, ctx.dir / "metrics.jsonl", plot] + report
@@ -46,7 +47,7 @@ def _as_given(ctx, model, ds) -> list[Path]:
     from pipeline.errors import UserError
     from pipeline.train.devices import pick_device
     from pipeline.train.evaluate import accuracy, check_bn, predict
-    from pipeline.train.precision import resolve_precision
+    from pipeline.train.precision import inference_precision
 
     tcfg = ctx.cfg.teacher
     fresh = [n for n, _ in model.named_parameters() if n not in model.loaded_params]
@@ -54,14 +55,15 @@ def _as_given(ctx, model, ds) -> list[Path]:
         raise UserError(f"teacher.weights leave {len(fresh)} tensors untrained (e.g. {fresh[0]}), and "
                         "teacher.epochs is 0 (use the weights as given); set teacher.epochs to 1 or more to train them")
     device = pick_device(ctx.cfg.device)
-    held_out = {"device": device, "precision": resolve_precision(tcfg.precision, device, model),
+    precision = inference_precision(tcfg.precision, device)
+    held_out = {"device": device, "precision": precision,
                 "channels_last": tcfg.channels_last}
     test = accuracy(predict(model.eval().to(device), ds.test_x, ds, batch_size=tcfg.eval_batch_size, **held_out),
                     ds.test_y)
     # weights used as given keep their own BatchNorm statistics; the check says whether they fit this data
     bn = check_bn(model, ds, tcfg.batch_size, ctx.cfg.seed, **held_out)
     ckpt = models.save_checkpoint(ctx.dir / "model.pt", model, tcfg.arch, tcfg.width, ds.meta(),
-                                  test_top1=test["top1"], weights=tcfg.weights)
+                                  test_top1=test["top1"], weights=tcfg.weights, precision=precision)
     ctx.metrics.update(test_top1=test["top1"], test_loss=test["loss"], epochs=0, weights=tcfg.weights, bn_check=bn,
                        params=sum(p.numel() for p in model.parameters()))
     ctx.console.print(f"teacher: {tcfg.arch} from {tcfg.weights} as given, test {test['top1']:.2%}", highlight=False)

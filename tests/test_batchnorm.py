@@ -2,14 +2,13 @@
 trained a few steps is reported with recomputed statistics, the same after a kill -9 and resume, the same on
 every DDP rank, and the report's guard fires on a model whose statistics were left stale."""
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from killing import kill_after_epoch as kill_after_epoch_of
 from rich.console import Console
 from torch import nn
 
@@ -66,8 +65,8 @@ def _bn_buffers(state: dict) -> dict:
 SCRIPT = """
 import sys, torch
 from rich.console import Console
-sys.path.insert(0, {root!r})
-from tests.test_batchnorm import DATA
+sys.path[:0] = [{root!r}, {root!r} + "/tests"]  # the pipeline, and the tests' own helpers
+from test_batchnorm import DATA
 from pipeline import data
 from pipeline import models
 from pipeline.config import TrainConfig
@@ -89,17 +88,7 @@ def _run_fit(out: Path, kill_after_epoch: int | None = None) -> None:
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     if kill_after_epoch is not None:
-        for line in proc.stdout:
-            if line.strip() == f"epoch {kill_after_epoch}":
-                # last.pt of this epoch is written right after the callback; kill once it is there
-                deadline = time.time() + 60
-                while time.time() < deadline:
-                    state = out / "last.pt"
-                    if state.exists() and torch.load(state, weights_only=True)["epoch"] == kill_after_epoch - 1:
-                        break
-                    time.sleep(0.05)
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
+        kill_after_epoch_of(proc, out / "last.pt", kill_after_epoch)
     proc.wait(timeout=300)
     if kill_after_epoch is None:
         assert proc.returncode == 0

@@ -13,7 +13,7 @@ from torch import nn
 from pipeline import data as data_mod
 from pipeline.data.batches import batches
 from pipeline.train.evaluate import prepare
-from pipeline.train.precision import autocast, resolve_precision
+from pipeline.train.precision import autocast
 
 
 def _freeze(module: nn.Module) -> nn.Module:
@@ -96,12 +96,13 @@ class Distiller(nn.Module):
         return self.loss(x, y, targets or {})
 
     def setup(self, ds: data_mod.Dataset, device: torch.device, *, augment: str, channels_last: bool,
-              batch_size: int = 500) -> float:
-        """Pick the teacher's precision and, when the targets are fixed and no augmentation is random, compute
-        them once for the whole training set. Returns the seconds spent caching."""
+              batch_size: int = 500, teacher_precision: str = "fp32") -> float:
+        """Set the teacher's precision (the one it trained in, where the teacher stage's probe found it the
+        faster, or forced; fp32 for weights used as given) and, when the targets are fixed and no augmentation is
+        random, compute them once for the whole training set. Returns the seconds spent caching."""
         import time
 
-        self.teacher_precision = resolve_precision("auto", device, self.teacher)  # bf16 where it is faster
+        self.teacher_precision = teacher_precision
         fixed = self.cacheable and getattr(self.dcfg, "cache", True)
         if self.teacher is None or not fixed or augment != "none":
             return 0.0

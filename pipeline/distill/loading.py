@@ -19,6 +19,8 @@ def load_teacher(path: Path, cfg, ds: data_mod.Dataset) -> models.StagedNet:
         raise UserError(f"{path} was trained on {meta.get('dataset')} ({meta.get('channels')} channels, "
                         f"{len(meta.get('classes', []))} classes), not on this config's {ds.name}; "
                         "rerun 'compress teacher --force teacher'")
+    # its targets are computed in the precision it trained in (distill.base.Distiller.setup)
+    teacher.trained_precision = ckpt.get("precision", "fp32")
     return teacher.eval()
 
 

@@ -14,7 +14,6 @@ from pipeline.errors import UserError
 from pipeline.train.devices import init_distributed, pick_device
 from pipeline.train.engine import fit
 from pipeline.train.evaluate import accuracy, predict
-from pipeline.train.precision import resolve_precision
 
 
 def new_student(cfg, ds: data_mod.Dataset, seed: int) -> models.StagedNet:
@@ -48,16 +47,16 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
     task = distillers.create(method, student, copy.deepcopy(source) if source is not None else None,
                              cfg.distill, list(cfg.adapt.stages), (ds.channels, ds.size))
     device = pick_device(cfg.device, init_distributed())
-    cache_s = task.setup(ds, device, augment=cfg.distill.augment, channels_last=cfg.student.channels_last)
+    cache_s = task.setup(ds, device, augment=cfg.distill.augment, channels_last=cfg.student.channels_last,
+                         teacher_precision=getattr(teacher, "trained_precision", "fp32"))
     out_dir.mkdir(parents=True, exist_ok=True)
     result = fit(task, student, ds, cfg.student, out_dir, seed=seed, fingerprint=fingerprint, console=console,
                  augment=cfg.distill.augment, device_name=cfg.device, label=label)
     hist = result.history
-    precision = resolve_precision(cfg.student.precision, device, student)
     # Every method's training loss differs (KD, hints), so the comparable figure is the student's plain
     # cross-entropy on the training set after training, the same measure for every method.
     train = accuracy(predict(student, ds.train_x, ds, batch_size=cfg.student.eval_batch_size, device=device,
-                             precision=precision, channels_last=cfg.student.channels_last), ds.train_y)
+                             precision=result.precision, channels_last=cfg.student.channels_last), ds.train_y)
     secs = [h["epoch_seconds"] for h in hist]
     return {"model": student.cpu(), "history": hist, "method": method, "seed": seed,
             "test_top1": result.test["test_top1"], "test_loss": result.test["test_loss"],
@@ -65,7 +64,7 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
             "final_train_loss": train["loss"], "train_top1": train["top1"],
             "final_task_loss": hist[-1]["train_loss"],
             "seconds_per_epoch": sum(secs) / max(1, len(secs)), "cache_seconds": cache_s,
-            "bn_check": result.bn_check,
+            "bn_check": result.bn_check, "precision": result.precision, "precision_probe": result.probe,
             "cache_hits": task.cache.hits if task.cache else 0,
             "cache_misses": task.cache.misses if task.cache else 0}
 

@@ -1,6 +1,6 @@
 """Training and evaluation: SGD with a one-cycle or cosine schedule, bf16 autocast + channels_last on CPUs
-that compute bf16 in hardware, CUDA AMP on GPUs, per-epoch checkpoints that a rerun resumes from, and DDP under
-torchrun.
+where a timed probe finds it faster (pipeline/train/probe.py), CUDA AMP on GPUs, per-epoch checkpoints that a
+rerun resumes from (in the precision it started in), and DDP under torchrun.
 
 A training *task* is any nn.Module whose ``forward(x, y)`` returns ``(loss, logits)``; ``Classifier`` is the
 plain one, distillers are others. The engine does not care which.
@@ -34,6 +34,7 @@ from pipeline.train.devices import Dist, init_distributed, pick_device
 from pipeline.train.evaluate import check_bn, evaluate, prepare, recalibrate_bn
 from pipeline.train.optim import make_optimizer, param_groups
 from pipeline.train.precision import autocast, channels_last_breaks, resolve_precision
+from pipeline.train.probe import describe, probe
 
 if typing.TYPE_CHECKING:
     from pipeline.config import TrainConfig
@@ -52,21 +53,14 @@ class Classifier(nn.Module):
         return nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
 
 
-# --- devices, precision, distributed -------------------------------------------------------------------
-
-
-# --- evaluation ----------------------------------------------------------------------------------------
-
-
-# --- training ------------------------------------------------------------------------------------------
-
-
 @dataclass
 class FitResult:
     history: list = field(default_factory=list)
     resumed_from: int = 0
     test: dict = field(default_factory=dict)  # test_top1 / test_loss of the final model, measured once
     bn_check: dict = field(default_factory=dict)  # batchnorm.check of the final model on training images
+    precision: str = "fp32"  # what it trained in
+    probe: dict = field(default_factory=dict)  # the precision probe's record (empty when precision was forced)
 
     @property
     def final(self) -> dict:
@@ -98,6 +92,7 @@ class Trainer:
     d: Dist
     console: Console
     augment: str
+    probe: dict
 
     @property
     def held_out(self) -> dict:
@@ -106,11 +101,11 @@ class Trainer:
                 "channels_last": self.cfg.channels_last}
 
 
-def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label) -> Trainer:
-    """Place ``task`` on its device in its precision and memory format, and build its optimizer and schedule."""
+def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label, resumed: dict | None) -> Trainer:
+    """Place ``task`` on its device in its precision and memory format, and build its optimizer and schedule.
+    ``resumed`` is the state a resumed training continues from: it keeps the precision it started in."""
     d = init_distributed()
     device = pick_device(device_name, d)
-    precision = resolve_precision(cfg.precision, device, model)
     torch.manual_seed(seed)
     task.to(device)
     if cfg.channels_last and device.type == "cpu" and channels_last_breaks(task):
@@ -125,8 +120,38 @@ def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label
         raise UserError(f"batch size {cfg.batch_size} is larger than the training set; lower {label}.batch_size")
     trainable = param_groups(task, model, cfg.lr, getattr(cfg, "backbone_lr", 1.0))
     opt, sched = make_optimizer(trainable, cfg, steps_per_epoch * cfg.epochs)
+    precision, record = _precision(task, ds, cfg, device, d, resumed)
+    if console and d.main and record and not resumed:
+        console.print(f"{label}: {describe(record)}", highlight=False)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
-    return Trainer(task, model, task, opt, sched, scaler, ds, cfg, device, precision, seed, d, console, augment)
+    return Trainer(task, model, task, opt, sched, scaler, ds, cfg, device, precision, seed, d, console, augment,
+                   record)
+
+
+def _precision(task, ds, cfg, device, d: Dist, resumed: dict | None) -> tuple[str, dict]:
+    """(precision, probe record): forced or GPU AMP as configured; else the one a resumed training started in
+    (results stay those of an uninterrupted run); else the probe's, which rank 0 alone runs and every rank
+    follows."""
+    forced = resolve_precision(cfg.precision, device)
+    if forced is not None:
+        return forced, {}
+    if resumed is not None and resumed.get("precision"):
+        return resumed["precision"], resumed.get("precision_probe", {})
+    record = None
+    if d.main:
+        n = min(cfg.batch_size, len(ds.train_y))
+        x = prepare(ds.train_x[:n], ds, device, cfg.channels_last)
+        y = ds.train_y[:n].to(device)
+        backbone = getattr(cfg, "backbone_lr", 1.0)
+
+        def make_opt(twin):  # the engine's own optimizer over the copy's trainable parameters
+            return make_optimizer(param_groups(twin, twin, cfg.lr, backbone), cfg, 1000)[0]
+        record = probe(task, make_opt, x, y, cfg.channels_last, d.world)
+    if d.world > 1:
+        box = [record]
+        dist.broadcast_object_list(box, src=0)
+        record = box[0]
+    return record["choice"], record
 
 
 def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfig, out_dir: Path, *,
@@ -139,11 +164,12 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` (best validation top-1)
     into ``out_dir``. A ``last.pt`` written for the same ``fingerprint`` is resumed; one for another is ignored.
     """
+    state = _resume_state(out_dir / "last.pt", fingerprint, console)
     t = _trainer(task, model, ds, cfg, seed=seed, console=console, augment=augment, device_name=device_name,
-                 label=label)
+                 label=label, resumed=state)
     d, cfg = t.d, t.cfg
-    result = FitResult()
-    start = _resume(out_dir / "last.pt", fingerprint, task, t.opt, t.sched, result, console if d.main else None)
+    result = FitResult(precision=t.precision, probe=t.probe)
+    start = _resume(state, t, result, console if d.main else None, label)
     if d.world > 1:
         t.net = nn.parallel.DistributedDataParallel(task, device_ids=[t.device.index] if t.device.type == "cuda"
                                                     else None)
@@ -206,28 +232,35 @@ def _train_epoch(t: Trainer, epoch: int, desc: str) -> dict:
 def _save_state(t: Trainer, out_dir: Path, result: FitResult, fingerprint: str, epoch: int) -> None:
     state = {"fingerprint": fingerprint, "epoch": epoch, "task": t.task.state_dict(), "opt": t.opt.state_dict(),
              "sched": t.sched.state_dict(), "history": result.history, "precision": t.precision,
-             "rng": torch.get_rng_state()}
+             "precision_probe": t.probe, "rng": torch.get_rng_state()}
     save_torch(state, out_dir / "last.pt")
     atomic_write(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in result.history))
 
 
-def _resume(path: Path, fingerprint: str, task, opt, sched, result: FitResult, console) -> int:
+def _resume_state(path: Path, fingerprint: str, console) -> dict | None:
+    """The state in ``path`` if it was written for ``fingerprint`` (read before the trainer is built, since it
+    fixes the precision), else None."""
     if not path.exists():
-        return 0
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a damaged last.pt only costs the progress it held
-        if console:
+        if console and init_distributed().main:
             console.print(f"[yellow]{path} is unreadable; training starts over[/yellow]")
+        return None
+    return state if state.get("fingerprint") == fingerprint else None
+
+
+def _resume(state: dict | None, t: Trainer, result: FitResult, console, label: str) -> int:
+    if state is None:
         return 0
-    if state.get("fingerprint") != fingerprint:
-        return 0
-    task.load_state_dict(state["task"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
+    t.task.load_state_dict(state["task"])
+    t.opt.load_state_dict(state["opt"])
+    t.sched.load_state_dict(state["sched"])
     torch.set_rng_state(state["rng"])
     result.history = list(state["history"])
     result.resumed_from = state["epoch"] + 1
     if console:
-        console.print(f"resuming from epoch {result.resumed_from} ({path})")
+        console.print(f"{label}: resuming from epoch {result.resumed_from} in {t.precision}, the precision it "
+                      "started in", highlight=False)
     return result.resumed_from

@@ -1,5 +1,5 @@
-"""Training precision and memory format: bf16 autocast + channels_last where the CPU computes bf16 in
-hardware, AMP on GPUs, fp32 otherwise."""
+"""Training precision and memory format: what a forced ``precision`` means, what ``auto`` means on a GPU (AMP),
+and the autocast context; on a CPU ``auto`` is decided by a timed probe (pipeline/train/probe.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,21 +12,6 @@ from pipeline.errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train sections' precision reads these
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic in hardware (AVX-512 BF16 or AMX). oneDNN accepts bf16 on any
-    AVX-512 CPU, but without these instructions it converts in software and trains slower than fp32
-    (benchmarks/results/precision.md)."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # a torch without these probes: do not guess
-        return False
-
-
-def has_depthwise(model: nn.Module | None) -> bool:
-    """Whether ``model`` has grouped (depthwise) convolutions, as MobileNets and EfficientNets do."""
-    return model is not None and any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
-
-
 def channels_last_breaks(task: nn.Module) -> bool:
     """Whether training ``task`` in channels_last would hit oneDNN issue #6035: the weight gradient of a 1x1
     stride-2 convolution with fewer input channels than the kernel's block (8 with AVX2, 16 with AVX-512)
@@ -36,17 +21,23 @@ def channels_last_breaks(task: nn.Module) -> bool:
                and m.in_channels < 16 and m.weight.requires_grad for m in task.modules())
 
 
-def resolve_precision(precision: str, device: torch.device, model: nn.Module | None = None) -> str:
-    """The precision ``auto`` stands for: AMP on GPUs; on CPUs bf16 only where the hardware has it and the net
-    has no depthwise convolutions (bf16 autocast halved MobileNetV3's training speed on an AMX Xeon), otherwise
-    fp32."""
+def resolve_precision(precision: str, device: torch.device) -> str | None:
+    """The precision a config value stands for without measuring: a forced one as it is, ``auto`` on a GPU as
+    AMP (bf16 where the GPU has it, else fp16: not probed, tensor cores make it the faster one). None for
+    ``auto`` on a CPU, where only the probe can tell (flags do not predict the speed)."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() and not has_depthwise(model) else "fp32"
+    return None
+
+
+def inference_precision(precision: str, device: torch.device) -> str:
+    """The precision of a pass that trains nothing (a teacher used as given): ``auto`` is fp32 on a CPU, since
+    there is no training step to probe and one evaluation pass costs little either way."""
+    return resolve_precision(precision, device) or "fp32"
 
 
 def autocast(device: torch.device, precision: str):
