@@ -78,7 +78,7 @@ def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Pa
                                bn_recalibration_images=0)
     steps = (len(ds.train_y) // tcfg.batch_size) * tcfg.epochs
     graph, _ = qat_graph(student, (ds.channels, ds.size, ds.size))
-    net = QatNet(graph, freeze_after=int(steps * OBSERVE_FRACTION))
+    net = QatNet(graph, freeze_after=max(1, int(steps * OBSERVE_FRACTION)))  # ranges need one observed step
     task = HintonKD(net, teacher, cfg.distill, [])
     cache_s = task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
     result = fit(task, net, ds, tcfg, out_dir, seed=seed, fingerprint=fingerprint, console=console,
