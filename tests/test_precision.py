@@ -128,7 +128,7 @@ def test_stages_share_the_cache_and_record_the_choice(cli, tmp_path, monkeypatch
 
 
 SCRIPT = """
-import sys, torch
+import sys, time, torch
 sys.path[:0] = [{root!r}, {root!r} + "/tests"]  # the pipeline, and the tests' own helpers
 from pathlib import Path
 from rich.console import Console
@@ -144,14 +144,16 @@ model = models.create("resnet8", 1, 4, 0.5)
 cfg = TrainConfig(arch="resnet8", width=0.5, epochs=3, batch_size=32, lr=0.05, precision="auto",
                   channels_last=False, bn_recalibration_images=64)
 result = fit(Classifier(model), model, ds, cfg, Path({out!r}), seed=0, fingerprint="f", console=Console(quiet=True),
-             on_epoch=lambda row: print("epoch", row["epoch"], flush=True))
+             on_epoch=lambda row: (print("epoch", row["epoch"], flush=True),
+                                   time.sleep({pause}) if row["epoch"] == 3 else None))  # kill before epoch 3 saves
 print("probed" if calls else "not probed", result.precision, flush=True)
 """
 
 
 def _run(out: Path, xdg: Path, fp32_s: float, bf16_s: float, kill_after_epoch: int | None = None) -> str:
     """Train in a subprocess (probe timings faked); kill -9 it during the epoch after ``kill_after_epoch``."""
-    code = SCRIPT.format(root=str(ROOT), out=str(out), fp32_s=fp32_s, bf16_s=bf16_s)
+    code = SCRIPT.format(root=str(ROOT), out=str(out), fp32_s=fp32_s, bf16_s=bf16_s,
+                         pause=30 if kill_after_epoch is not None else 0)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(xdg)},
                             start_new_session=True)
