@@ -29,6 +29,7 @@ MARGIN = 1.05  # bf16 must take at most 1/MARGIN of fp32's step time
 WARMUP = 2  # untimed steps per precision first (oneDNN builds its kernels on the first ones)
 ROUNDS = 3  # timed rounds, alternating fp32 and bf16 so a burst of load elsewhere hits both
 STEPS = 2  # optimizer steps per round
+DECISIVE = 2.0  # a round where one precision takes this many times the other's step time ends the probe
 clock = time.perf_counter
 
 
@@ -90,7 +91,9 @@ def choose(fp32_step_s: float, bf16_step_s: float) -> str:
 
 def measure(task, make_opt, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Seconds per optimizer step in fp32 and bf16: the best of ROUNDS rounds of STEPS steps each (load from
-    other processes only ever adds time), after WARMUP untimed steps, on a copy of ``task`` and its optimizer."""
+    other processes only ever adds time), after WARMUP untimed steps, on a copy of ``task`` and its optimizer.
+    A round that finds one precision DECISIVE times slower ends it early: that is the CPU without bf16 hardware,
+    where every bf16 step costs about ten fp32 ones."""
     shared = getattr(task, "cache", None)  # a distiller's teacher-target cache is read-only: share, do not copy
     counts = (shared.hits, shared.misses) if shared is not None else None
     memo = {id(shared): shared} if shared is not None else {}
@@ -112,6 +115,8 @@ def measure(task, make_opt, x: torch.Tensor, y: torch.Tensor) -> dict[str, float
                     opt.step()
                 if r >= 0:
                     best[precision] = min(best[precision], (clock() - started) / STEPS)
+            if r >= 0 and max(best.values()) >= DECISIVE * min(best.values()):
+                break  # more rounds cannot change so clear a choice (bf16 emulated on AVX2 is ~10x slower)
     if counts is not None:
         shared.hits, shared.misses = counts
     return best
