@@ -201,6 +201,23 @@ def test_route_of_the_modules_own_map_gives_the_adapted_teachers_logits(stages):
             assert not torch.allclose(adapted.route(i, torch.zeros_like(hints[i])), logits, atol=1e-2), i
 
 
+@pytest.mark.parametrize("stages", [[0], [1], [1, 2], [0, 2]])
+def test_one_pass_gives_the_original_logits_and_the_modules_hints(stages):
+    """What kd_target: original caches, computed with the shared prefix run once, equals the two full passes."""
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", 1, 3, width=0.5).eval()
+    adapted = adaptive.build(teacher, models.create("resnet8", 1, 3, width=0.25), stages, 1, SIZE)
+    x = torch.randn(4, 1, SIZE, SIZE)
+    _calibrate(adapted, x)
+    with torch.no_grad():
+        logits, hints = adapted.original_logits_and_hints(x)
+        assert torch.equal(logits, teacher(x))
+        full = adapted.forward_hints(x)[1]
+    assert sorted(hints) == sorted(full) == stages
+    for i in stages:
+        assert torch.equal(hints[i], full[i]), i
+
+
 def test_route_weight_adds_the_kl_of_the_teacher_run_on_the_students_map():
     ds = _dataset()
     torch.manual_seed(0)

@@ -44,9 +44,10 @@ class ActivationMapAdaptation(Distiller):
         return self
 
     def teacher_targets(self, x):
-        logits, hints = self.teacher.forward_hints(x)
-        if self.dcfg.kd_target == "original":
-            logits = self.teacher.teacher(x)  # the frozen original inside the adapted teacher
+        if self.dcfg.kd_target == "original":  # the frozen original inside the adapted teacher
+            logits, hints = self.teacher.original_logits_and_hints(x)
+        else:
+            logits, hints = self.teacher.forward_hints(x)
         return {"logits": logits, **{f"hint{i}": h for i, h in hints.items()}}
 
     def forward(self, x, y):
