@@ -124,8 +124,9 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
             else:
                 calib, methods = inp.calibration(), ort_quant.method_order(qcfg.method)
                 plan = [(m, []) for m in methods[:2]] + [(qcfg.method, float_nodes)]
-                attempts = [({"method": m, "float_nodes": f}, lambda t, m=m, f=f: ort_quant.static(
-                    pre, t, calib, target, m, qcfg.per_channel, f)) for m, f in plan]
+                rr = ort_quant.reduce_range(target)
+                attempts = [({"method": m, "float_nodes": f, "reduce_range": rr}, lambda t, m=m, f=f: ort_quant.static(
+                    pre, t, calib, target, m, qcfg.per_channel, f, rr)) for m, f in plan]
             evaluate = lambda p, x: onnx_tools.logits(p, x, qcfg.eval_batch_size)  # noqa: E731
             gate(entry, attempts, evaluate, inp, qcfg.max_drop, final)
         finally:
@@ -238,8 +239,9 @@ def qat_artifacts(ctx, inp: Inputs) -> None:
             onnx_tools.export(qat.float_student(student, net), fp32, ds.channels, ds.size, ctx.cfg.export.opset)
             ort_quant.preprocess(fp32, pre)
             calib = inp.calibration()
-            attempts = [({"method": qcfg.method, "float_nodes": []}, lambda t: ort_quant.static(
-                pre, t, calib, "x86", qcfg.method, qcfg.per_channel, []))]
+            rr = ort_quant.reduce_range("x86")
+            attempts = [({"method": qcfg.method, "float_nodes": [], "reduce_range": rr}, lambda t: ort_quant.static(
+                pre, t, calib, "x86", qcfg.method, qcfg.per_channel, [], rr))]
             evaluate = lambda p, x: onnx_tools.logits(p, x, qcfg.eval_batch_size)  # noqa: E731
             gate(entry, attempts, evaluate, inp, qcfg.max_drop, final)
         finally:

@@ -253,3 +253,29 @@ def test_every_written_artifact_carries_its_int8_audit(good):
     assert x86["format"] == "onnx" and x86["int8_mac_share"] == 1.0 and not x86.get("float_ops"), x86
     assert x86["line"].startswith("int8 kernels 100% of MACs")
     assert 0.0 <= arm["int8_mac_share"] <= 1.0 and arm["line"].startswith("int8 kernels"), arm
+
+
+def test_x86_weights_take_7_bits_only_on_a_cpu_without_vnni(tmp_path, monkeypatch):
+    """Without VNNI, ORT's u8*s8 pair sums saturate int16 (0.88 test points lost on an AVX2 EPYC): reduce_range."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from pipeline.export import ort_quant
+
+    for flags, target, want in [({"avx2", "fma"}, "x86", True), ({"avx2", "avx512_vnni"}, "x86", False),
+                                ({"avx2", "avx_vnni"}, "x86", False), ({"avx2"}, "arm", False), (set(), "x86", False)]:
+        monkeypatch.setattr(ort_quant, "cpu_flags", lambda f=flags: f)
+        assert ort_quant.reduce_range(target) is want, (flags, target)
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    x = torch.randn(64, 1, 8, 8)
+    conv(x[:1])
+    src = tmp_path / "m.onnx"
+    torch.onnx.export(conv.eval(), x[:1], src, input_names=["input"], dynamic_axes={"input": {0: "n"}}, dynamo=False)
+    spans = {}
+    for reduce in (False, True):
+        ort_quant.static(src, tmp_path / "q.onnx", x.numpy().astype(np.float32), "x86", "MinMax", True, [], reduce)
+        weights = [numpy_helper.to_array(t) for t in onnx.load(tmp_path / "q.onnx").graph.initializer
+                   if t.data_type == TensorProto.INT8 and t.dims and len(t.dims) == 4]
+        spans[reduce] = max(int(np.abs(w.astype(int)).max()) for w in weights)
+    assert spans[False] == 127 and spans[True] <= 64
