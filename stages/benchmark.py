@@ -101,8 +101,7 @@ def run(ctx) -> list[Path]:
                 ctx.console.print(runner.row_line(rows[-1]), highlight=False)
                 progress.advance(task)
     check_measured(rows, cfg.benchmark.timeout_s)
-    attach_bn_checks(rows, ctx.run.manifest()["stages"])
-    attach_audits(rows, ctx.run.manifest()["stages"])
+    attach_records(rows, ctx.run.manifest()["stages"])
     doc = runner.results_doc({**inventory.run_info(ctx.run.root), "method": cfg.distill.method}, runner.machine_info(),
                              settings(cfg.benchmark), rows)
     outputs = write.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
@@ -112,21 +111,16 @@ def run(ctx) -> list[Path]:
     return outputs
 
 
-def attach_bn_checks(rows: list[dict], stages: dict) -> None:
-    """Give each PyTorch row the BatchNorm check its training stage recorded (pipeline/train/batchnorm.py), which the
-    report reads before it draws a conclusion from that model."""
+def attach_records(rows: list[dict], stages: dict) -> None:
+    """Give each row what its producing stage recorded and the report reads before it draws a conclusion: the
+    BatchNorm check of a PyTorch model (pipeline/train/batchnorm.py) and the int8 audit of a quantized file."""
     distill = stages.get("distill", {}).get("metrics", {}).get("bn_check", {})
-    found = {"teacher_fp32": stages.get("teacher", {}).get("metrics", {}).get("bn_check"),
-             "student_alone_fp32": distill.get("baseline"), "torch_fp32": distill.get("student")}
-    for row in rows:
-        if found.get(row["artifact"]):
-            row["bn_check"] = found[row["artifact"]]
-
-
-def attach_audits(rows: list[dict], stages: dict) -> None:
-    """Give each quantized file's row the int8 audit the quantize stage recorded on this machine's runtimes."""
+    bn = {"teacher_fp32": stages.get("teacher", {}).get("metrics", {}).get("bn_check"),
+          "student_alone_fp32": distill.get("baseline"), "torch_fp32": distill.get("student")}
     made = stages.get("quantize", {}).get("metrics", {}).get("artifacts", {})
     for row in rows:
+        if bn.get(row["artifact"]):
+            row["bn_check"] = bn[row["artifact"]]
         if made.get(row["artifact"], {}).get("audit"):
             row["audit"] = made[row["artifact"]]["audit"]
 
