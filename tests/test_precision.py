@@ -93,12 +93,16 @@ def test_a_slower_bf16_keeps_fp32(tmp_path, monkeypatch):
     assert "under the 5% margin" in probe.describe(result.probe)
 
 
-def test_a_decisive_first_round_ends_the_probe(tmp_path, monkeypatch):
-    """bf16 emulated without bf16 hardware is ~10x slower: one timed round settles it; a near tie takes all."""
+def test_a_decisive_warm_up_ends_the_probe(tmp_path, monkeypatch):
+    """bf16 emulated without bf16 hardware is ~10x slower: the warm-up's warm steps settle it; a near tie takes
+    every round."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     calls = _fake(monkeypatch, 1.0, 10.0)
     assert _fit(tmp_path / "a").precision == "fp32"
-    assert len(calls) == 2 * (probe.WARMUP + probe.STEPS)
+    assert len(calls) == 2 * probe.WARMUP
+    calls = _fake(monkeypatch, 1.0, 0.4)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg1"))
+    assert _fit(tmp_path / "c").precision == "bf16" and len(calls) == 2 * probe.WARMUP
     calls = _fake(monkeypatch, 1.0, 0.98)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg2"))
     _fit(tmp_path / "b")
