@@ -133,7 +133,7 @@ def train_all(cfg, run_dir, console, methods: list[str], train: bool = True,
             console.rule(f"[bold]compare: {entry}, seed {seed}")
             r = train_student(ecfg, method, seed, ds, teacher, adapted, folder, fingerprint=fp, console=console,
                               label=f"{entry} s{seed}")
-            r = {k2: v for k2, v in r.items() if k2 != "model"}
+            r = {k2: v for k2, v in r.items() if k2 not in ("model", "teacher_logits")}
             r.update(fingerprint=fp, epochs_to_target=epochs_to(r["history"], cfg.compare.target_top1))
             atomic_json(done, r)
             results[entry].append(r)

@@ -91,7 +91,7 @@ class QuantizeConfig:
     max_drop: float = check(1.0, ge=0.0, le=100.0)
     eval_batch_size: int = check(500, ge=1)
     qat: str = check("auto", choices=("off", "auto", "on"))  # auto: when a post-training int8 file fails the gate
-    qat_epochs: int = check(1, ge=1)
+    qat_epochs: float = check(0.25, gt=0.0, le=100.0)  # passes over the training set; 0.25 = a quarter of it
     qat_lr: float = check(0.001, gt=0.0)
 
 

@@ -25,11 +25,17 @@ def sections(cfg) -> tuple[str, ...]:
 
 
 def _save(ctx, run: dict, name: str, cfg, ds) -> list[Path]:
+    """The student's checkpoint and curve, and the original teacher's logits on the training set where the
+    method cached them (the quantize stage's QAT fine-tune distils from them instead of running the teacher)."""
     from pipeline import models
+    from pipeline.files import save_torch
 
     ckpt = models.save_checkpoint(ctx.dir / f"{name}.pt", run["model"], cfg.student.arch, cfg.student.width,
                                   ds.meta(), method=run["method"], test_top1=run["test_top1"])
-    return [ckpt, ctx.dir / name / "metrics.jsonl"]
+    out = [ckpt, ctx.dir / name / "metrics.jsonl"]
+    if name == "student" and run["teacher_logits"] is not None:
+        out.append(save_torch(run["teacher_logits"], ctx.dir / "teacher_logits.pt"))
+    return out
 
 
 def run(ctx) -> list[Path]:

@@ -215,8 +215,9 @@ def qat_artifacts(ctx, inp: Inputs) -> None:
     student, _ = models.load_model(src)
     teacher, _ = models.load_model(ctx.input("teacher", "model.pt"))
     ds = data.load(ctx.cfg.data, ctx.cfg.seed)
+    soft = qat.distilled_targets(ctx.run.root / "distill" / "teacher_logits.pt")  # None: not the teacher's there
     net, fit_metrics = qat.fine_tune(student, teacher, ds, ctx.cfg, qcfg, ctx.dir / "qat", seed=ctx.cfg.seed,
-                                     fingerprint=ctx.fingerprint, console=ctx.console)
+                                     fingerprint=ctx.fingerprint, console=ctx.console, soft_targets=soft)
     fake = qat.logits(net, inp.x, qcfg.eval_batch_size).numpy()
     ctx.metrics["qat"] = {"reason": why, **fit_metrics, f"fakequant_{inp.split}_top1": round(top1(fake, inp.y), 5)}
     state = save_torch(net.graph.state_dict(), ctx.dir / "qat" / "qat_state.pt")

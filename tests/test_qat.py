@@ -65,6 +65,44 @@ def test_the_fine_tuned_float_weights_map_back_onto_the_student():
     assert all(torch.equal(tuned.state_dict()[k], trained[k]) for k in moved)
 
 
+def test_qat_epochs_count_passes_over_the_training_set():
+    from pipeline.export.qat import schedule
+
+    assert schedule(0.25, 1000) == (1, 250)  # a quarter: one epoch on a quarter of the images
+    assert schedule(1, 1000) == (1, 1000) and schedule(3, 1000) == (3, 1000)
+    assert schedule(1.5, 1000) == (2, 750)  # spread over whole epochs of a subset
+    assert schedule(1e-6, 1000) == (1, 1)
+
+
+@pytest.mark.slow
+def test_the_fine_tune_distils_from_the_distill_stages_logits_without_running_the_teacher(tmp_path):
+    pytest.importorskip("litert_torch")
+    import dataclasses
+
+    from rich.console import Console
+    from student_fixture import smoke_config, train_student
+
+    from pipeline.export import qat
+
+    cfg = smoke_config("data.synthetic_train=200")
+    qcfg = dataclasses.replace(cfg.quantize, qat_epochs=0.5)
+    student, ds = train_student(cfg, steps=30)  # trained: a fresh net's all-zero maps have no int8 range
+    teacher, _ = train_student(cfg, steps=10)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    soft = torch.randn(len(ds.train_x), len(ds.classes))
+    net, m = qat.fine_tune(student, teacher, ds, cfg, qcfg, tmp_path / "given", seed=0, fingerprint="a",
+                           console=Console(quiet=True), soft_targets=soft)
+    assert not calls and m["soft_targets"] == "distill stage" and m["cache_seconds"] == 0.0
+    assert m["images_per_epoch"] == round(len(ds.train_y) / 2) and len(m["history"]) == 1
+    _, m = qat.fine_tune(student, teacher, ds, cfg, qcfg, tmp_path / "computed", seed=0, fingerprint="b",
+                         console=Console(quiet=True), soft_targets=soft[:10])  # not this training set's: ignored
+    assert calls and m["soft_targets"] == "computed"
+    assert qat.distilled_targets(tmp_path / "missing.pt") is None
+    (tmp_path / "junk.pt").write_bytes(b"not a tensor")
+    assert qat.distilled_targets(tmp_path / "junk.pt") is None
+
+
 def _quantize(run: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline.cli", "-c", "smoke", "-r", str(run), *QAT, "--set",
            "quantize.qat_epochs=3", *extra, "quantize"]
@@ -120,3 +158,4 @@ def test_qat_writes_a_tflite_and_an_onnx_file_that_agree_with_the_fake_quantized
         assert entry["drop_points"] <= 1.0
     assert m["artifacts"]["tflite_int8_qat"]["audit"]["partitions"] == 1
     assert m["qat"]["history"] and m["qat"]["reason"] == "quantize.qat is on"
+    assert m["qat"]["soft_targets"] == "distill stage"  # ama with the original teacher's logits cached them

@@ -65,6 +65,7 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
             "final_task_loss": hist[-1]["train_loss"],
             "seconds_per_epoch": sum(secs) / max(1, len(secs)), "cache_seconds": cache_s,
             "bn_check": result.bn_check, "precision": result.precision, "precision_probe": result.probe,
+            "teacher_logits": task.cache.targets["logits"] if task.cache and task.original_soft_targets else None,
             "cache_hits": task.cache.hits if task.cache else 0,
             "cache_misses": task.cache.misses if task.cache else 0}
 

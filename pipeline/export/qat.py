@@ -4,10 +4,20 @@ The student is exported and prepared for QAT with the same PT2E quantizer and th
 TFLite int8 route (``litert_convert.qat_graph``), so the fake-quantized network trained here is the one the
 converter turns into ``tflite_int8_qat``. It trains through the engine like every other stage (``fit``:
 progress bar, per-epoch checkpoints a rerun resumes, validation each epoch) as a Hinton KD task against the
-original teacher, whose logits are computed once and cached. Two deliberate differences from the student's
-training: fp32 arithmetic (bf16 autocast would round below the int8 steps the fake quantizers simulate) and
-a small cosine learning rate with no warm-up (a fine-tune, not a schedule from scratch). It runs on the CPU
-(the quantizer's patterns are matched for CPU graphs; one epoch of a small student is minutes).
+original teacher. Its soft targets are the ones the distill stage cached (``distill/teacher_logits.pt``, the
+original teacher's logits on the training set), so the teacher does not run again; where that file is missing (a
+method whose targets are the adapted teacher's, or a run from before the file existed) they are computed once.
+
+``quantize.qat_epochs`` counts passes over the training set and may be a fraction: 0.25 trains one epoch on a
+fixed random quarter of it (drawn from the seed); above 1 a fraction spreads over whole epochs of a subset (1.5 =
+two epochs on 75%). A fake-quantized step costs about two plain ones, so a whole epoch of a 4-epoch student was
+about 40% of its training; benchmarks/results/qat.md has what the length buys. The fine-tune has no test split:
+the quantize stage tests the files made from it.
+
+Two deliberate differences from the student's training: fp32 arithmetic (bf16 autocast would round below the
+int8 steps the fake quantizers simulate) and a small cosine learning rate with no warm-up (a fine-tune, not a
+schedule from scratch). It runs on the CPU (the quantizer's patterns are matched for CPU graphs; a fine-tune of a
+small student is a minute or two).
 
 Observers record ranges for the first ``OBSERVE_FRACTION`` of the steps and are then frozen, so the last
 steps train against fixed scales, as the converted file will run. Batch norm is simulated folded by the
@@ -20,6 +30,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import time
 from pathlib import Path
 
 import torch
@@ -66,27 +78,58 @@ def reason(qcfg, artifacts: dict) -> str | None:
     return f"{failed[0]} failed the accuracy gate" if qcfg.qat == "auto" and failed else None
 
 
+def distilled_targets(path: Path) -> torch.Tensor | None:
+    """The distill stage's cached teacher logits, or None where the file is missing or unreadable (the fine-tune
+    then computes them: slower, same result)."""
+    import pickle
+
+    try:
+        soft = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
+    return soft if isinstance(soft, torch.Tensor) and soft.dim() == 2 else None
+
+
+def schedule(qat_epochs: float, images: int) -> tuple[int, int]:
+    """(whole epochs, training images per epoch) that make ``qat_epochs`` passes over ``images``."""
+    epochs = max(1, math.ceil(qat_epochs - 1e-9))
+    return epochs, max(1, min(images, round(images * qat_epochs / epochs)))
+
+
 def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Path, *, seed: int,
-              fingerprint: str, console) -> tuple[QatNet, dict]:
-    """Fine-tune ``student`` with fake quantization; returns the trained QatNet (eval mode) and its metrics."""
+              fingerprint: str, console, soft_targets: torch.Tensor | None = None) -> tuple[QatNet, dict]:
+    """Fine-tune ``student`` with fake quantization; returns the trained QatNet (eval mode) and its metrics.
+    ``soft_targets``: the original teacher's logits for ``ds.train_x`` (the distill stage's), if at hand."""
+    from pipeline.distill.base import TargetCache
     from pipeline.distill.methods.kd import HintonKD
     from pipeline.export.litert_convert import qat_graph
     from pipeline.train.engine import fit
 
-    tcfg = dataclasses.replace(cfg.student, epochs=qcfg.qat_epochs, lr=qcfg.qat_lr, schedule="cosine",
+    started = time.perf_counter()
+    epochs, images = schedule(qcfg.qat_epochs, len(ds.train_y))
+    tcfg = dataclasses.replace(cfg.student, epochs=epochs, lr=qcfg.qat_lr, schedule="cosine",
                                warmup_fraction=0.0, precision="fp32", channels_last=False, weights="",
                                bn_recalibration_images=0)
-    steps = (len(ds.train_y) // tcfg.batch_size) * tcfg.epochs
+    steps = (images // tcfg.batch_size) * tcfg.epochs
     graph, _ = qat_graph(student, (ds.channels, ds.size, ds.size))
     net = QatNet(graph, freeze_after=max(1, int(steps * OBSERVE_FRACTION)))  # ranges need one observed step
     task = HintonKD(net, teacher, cfg.distill, [])
-    cache_s = task.setup(ds, torch.device("cpu"), augment="none", channels_last=False)
-    result = fit(task, net, ds, tcfg, out_dir, seed=seed, fingerprint=fingerprint, console=console,
+    keep = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:images].sort().values
+    # a fixed subset (the same on a resume); no test split: the quantize stage tests the files made from this net
+    sub = dataclasses.replace(ds, train_x=ds.train_x[keep], train_y=ds.train_y[keep], test_x=ds.test_x[:0],
+                              test_y=ds.test_y[:0], stats=(ds.mean, ds.std))
+    cached = soft_targets is not None and len(soft_targets) == len(ds.train_x)
+    if cached:
+        task.cache = TargetCache(sub.train_x, ds.mean, ds.std, {"logits": soft_targets[keep].float()})
+    cache_s = 0.0 if cached else task.setup(sub, torch.device("cpu"), augment="none", channels_last=False)
+    result = fit(task, net, sub, tcfg, out_dir, seed=seed, fingerprint=fingerprint, console=console,
                  augment="none", device_name="cpu", label="qat")
     net.eval()
-    metrics = {"epochs": tcfg.epochs, "lr": tcfg.lr, "cache_seconds": round(cache_s, 2), **result.test,
+    metrics = {"epochs": qcfg.qat_epochs, "images_per_epoch": images, "lr": tcfg.lr,
+               "soft_targets": "distill stage" if cached else "computed", "cache_seconds": round(cache_s, 2),
                "val_top1": result.final.get("val_top1"), "history": result.history,
-               "seconds": round(sum(h["epoch_seconds"] for h in result.history), 2)}
+               "seconds": round(sum(h["epoch_seconds"] for h in result.history), 2),
+               "total_seconds": round(time.perf_counter() - started, 2)}
     return net, metrics
 
 

@@ -31,6 +31,7 @@ class ActivationMapAdaptation(Distiller):
 
     def __init__(self, student, teacher, dcfg, stages, image):
         super().__init__(student, teacher, dcfg, teacher.stages)
+        self.original_soft_targets = dcfg.kd_target == "original"
         if dcfg.joint:
             self.cacheable = False
             for p in teacher.adapters.parameters():

@@ -7,6 +7,7 @@ from pipeline.distill.base import Distiller
 
 class HintonKD(Distiller):
     needs = "teacher"
+    original_soft_targets = True
 
     def teacher_targets(self, x):
         return {"logits": self.teacher(x)}
