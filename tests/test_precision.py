@@ -52,11 +52,11 @@ def _fake(monkeypatch, fp32_s: float, bf16_s: float) -> list:
     return calls
 
 
-def _fit(out: Path, prec: str = "auto", epochs: int = 1):
+def _fit(out: Path, prec: str = "auto", epochs: int = 1, width: float = 0.5):
     ds = data.load(DATA)
     torch.manual_seed(0)
-    model = models.create("resnet8", 1, 4, 0.5)
-    cfg = TrainConfig(arch="resnet8", width=0.5, epochs=epochs, batch_size=32, lr=0.05, precision=prec,
+    model = models.create("resnet8", 1, 4, width)
+    cfg = TrainConfig(arch="resnet8", width=width, epochs=epochs, batch_size=32, lr=0.05, precision=prec,
                       channels_last=False, bn_recalibration_images=0)
     return fit(Classifier(model), model, ds, cfg, out, seed=0, fingerprint="f", console=Console(quiet=True))
 
@@ -83,6 +83,25 @@ def test_auto_follows_the_probe_records_it_and_caches_it(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("probed again despite the cache"))
     second = _fit(tmp_path / "b")
     assert not calls and second.precision == "bf16" and second.probe["cached"]
+
+
+def test_a_cpu_without_bf16_hardware_is_probed_once_for_every_net(tmp_path, monkeypatch):
+    """Emulated bf16 (>= EMULATED times slower) marks the machine: another net trains in fp32 unprobed. A merely
+    slower bf16 (2x, as on a BF16-less AVX-512 Xeon) does not: every net is still probed."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _fake(monkeypatch, 1.0, 10.0)
+    assert _fit(tmp_path / "a").precision == "fp32"
+    monkeypatch.setattr(probe, "measure", lambda *a: pytest.fail("probed again on a machine without bf16 hardware"))
+    other = _fit(tmp_path / "b", width=0.25)
+    assert other.precision == "fp32" and other.probe["cached"] and other.probe["probe_s"] == 0.0
+    assert "no bf16 hardware" in probe.describe(other.probe)
+
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg2"))
+    calls = _fake(monkeypatch, 1.0, 2.0)
+    _fit(tmp_path / "c")
+    calls.clear()
+    assert _fit(tmp_path / "d", width=0.25).precision == "fp32" and calls  # the second net was probed
 
 
 def test_a_slower_bf16_keeps_fp32(tmp_path, monkeypatch):

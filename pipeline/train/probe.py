@@ -10,6 +10,12 @@ if it is at least ``MARGIN`` faster: a near tie keeps fp32, whose results do not
 The result is kept in ``$XDG_CACHE_HOME/compress/precision/`` (default ``~/.cache``) under a key of the CPU model,
 core and thread counts, torch version, the task's layers, input shape and batch, so later stages and runs on the
 same machine reuse it instead of probing again.
+
+A probe that finds bf16 ``EMULATED`` times slower or worse also marks the machine (CPU model, cores, threads, torch):
+bf16 runs in software there, 11-14x slower for every net measured on an AVX2 CPU, and even the shortest probe of
+another net costs two such steps (the default adapt stage's: 5 s, 3.5% of that stage). Later tasks on that machine
+train in fp32 without a probe, their record naming the task whose probe found it. A CPU with bf16 hardware never comes
+near that ratio (0.5-0.9x at worst, benchmarks/results/precision.md), so it is always probed per net.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ WARMUP = 2  # untimed steps per precision first (oneDNN builds its kernels on th
 ROUNDS = 3  # timed rounds, alternating fp32 and bf16 so a burst of load elsewhere hits both
 STEPS = 2  # optimizer steps per round
 DECISIVE = 2.0  # a round where one precision takes this many times the other's step time ends the probe
+EMULATED = 4.0  # bf16 this many times slower than fp32: the CPU has no bf16 hardware; no net on it is probed again
 clock = time.perf_counter
 
 
@@ -57,6 +64,11 @@ def key(task: torch.nn.Module, shape: tuple, batch: int, channels_last: bool, wo
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "world": world,
             "torch": torch.__version__, "task": type(task).__name__, "net": net, "shape": list(shape),
             "batch": batch, "channels_last": channels_last}
+
+
+def machine_key(world: int = 1) -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "world": world,
+            "torch": torch.__version__, "verdict": "bf16 emulated"}
 
 
 def _path(k: dict) -> Path:
@@ -132,6 +144,8 @@ def describe(record: dict) -> str:
     how = f"{ratio:.2f}x faster than" if ratio >= 1 else f"{1 / ratio:.2f}x slower than"
     src = (f"measured {record['measured']}, cached" if record.get("cached")
            else f"probe {record['probe_s']:.1f} s")
+    if record.get("found_by"):
+        src = f"no bf16 hardware: an earlier probe ({record['found_by']}, {record['measured']}) found it, cached"
     margin = " (under the 5% margin)" if 1 <= ratio < MARGIN else ""
     return f"bf16 {how} fp32 here{margin} ({src}): training in {record['choice']}"
 
@@ -144,8 +158,13 @@ def probe(task, make_opt, x: torch.Tensor, y: torch.Tensor, channels_last: bool,
     if hit is not None:
         return {**{f: v for f, v in hit.items() if f != "key"}, "cached": True}
     started = time.perf_counter()
+    emulated = lookup(machine_key(world))
+    if emulated is not None:
+        return {**{f: v for f, v in emulated.items() if f != "key"}, "cached": True}
     fp32, bf16 = (round(s, 6) for s in measure(task, make_opt, x, y).values())
     record = {"choice": choose(fp32, bf16), "fp32_step_s": fp32, "bf16_step_s": bf16,
               "probe_s": round(time.perf_counter() - started, 2), "measured": time.strftime("%Y-%m-%d %H:%M")}
     store(k, record)
+    if bf16 >= EMULATED * fp32:
+        store(machine_key(world), {**record, "probe_s": 0.0, "found_by": type(task).__name__})
     return {**record, "cached": False}
