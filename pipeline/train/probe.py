@@ -14,8 +14,9 @@ same machine reuse it instead of probing again.
 A probe that finds bf16 ``EMULATED`` times slower or worse also marks the machine (CPU model, cores, threads, torch):
 bf16 runs in software there, 11-14x slower for every net measured on an AVX2 CPU, and even the shortest probe of
 another net costs two such steps (the default adapt stage's: 5 s, 3.5% of that stage). Later tasks on that machine
-train in fp32 without a probe, their record naming the task whose probe found it. A CPU with bf16 hardware never comes
-near that ratio (0.5-0.9x at worst, benchmarks/results/precision.md), so it is always probed per net.
+train in fp32 without a probe, their record naming the task whose probe found it. The other CPUs measured came
+nowhere near that ratio (bf16 at worst 2x slower, on an AVX-512 Xeon without BF16; benchmarks/results/precision.md),
+so they are still probed per net.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def measure(task, make_opt, x: torch.Tensor, y: torch.Tensor) -> dict[str, float
     other processes only ever adds time), after WARMUP steps whose first builds the kernels and is not counted, on
     a copy of ``task`` and its optimizer. As soon as one precision is DECISIVE times slower (already on the
     warm-up's warm steps) it ends: that is the CPU without bf16 hardware, where every bf16 step costs about ten
-    fp32 ones, and each saved bf16 step is ten fp32 ones (the photos teacher's probe: 78 -> ~40 s on AVX2)."""
+    fp32 ones, and each saved bf16 step is ten fp32 ones (the photos teacher's probe: 78 -> 34 s on AVX2)."""
     shared = getattr(task, "cache", None)  # a distiller's teacher-target cache is read-only: share, do not copy
     counts = (shared.hits, shared.misses) if shared is not None else None
     memo = {id(shared): shared} if shared is not None else {}
