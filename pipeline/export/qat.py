@@ -114,8 +114,10 @@ def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Pa
     graph, _ = qat_graph(student, (ds.channels, ds.size, ds.size))
     net = QatNet(graph, freeze_after=max(1, int(steps * OBSERVE_FRACTION)))  # ranges need one observed step
     task = HintonKD(net, teacher, cfg.distill, [])
-    keep = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:images].sort().values
-    # a fixed subset (the same on a resume); no test split: the quantize stage tests the files made from this net
+    # a fixed subset (the same on a resume), or a view of the whole set rather than a copy of it; no test split:
+    # the quantize stage tests the files made from this net
+    keep = (torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:images].sort().values
+            if images < len(ds.train_y) else slice(None))
     sub = dataclasses.replace(ds, train_x=ds.train_x[keep], train_y=ds.train_y[keep], test_x=ds.test_x[:0],
                               test_y=ds.test_y[:0], stats=(ds.mean, ds.std))
     cached = soft_targets is not None and len(soft_targets) == len(ds.train_x)
