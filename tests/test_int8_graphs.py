@@ -75,3 +75,30 @@ def test_a_registered_students_int8_tflite_file_is_one_xnnpack_partition(tmp_pat
     audit = int8_audit.tflite_audit(tmp_path / "int8.tflite")
     assert audit["int8_file"], "no int8 conv in the file"
     assert audit["partitions"] == 1 and not audit["outside_int8"], int8_audit.summary(audit)
+
+
+def test_the_qat_graph_frames_its_max_pool_with_zeros_at_any_batch_size():
+    """The QAT graph has a free batch size: the zero blocks take theirs from the input, and the rewrite is the one
+    the post-training route makes (the padded max-pool's PADV2 would leave XNNPACK in tflite_int8_qat)."""
+    pytest.importorskip("litert_torch")
+    graph, _ = litert_convert.qat_graph(Pooled(relu=True), (3, 16, 16))
+    (pool,) = _ops(graph, "max_pool2d")
+    assert list(pool.args[3]) == [0, 0] and len(_ops(graph, "aten.cat")) == 2
+    for n in (1, 5):
+        assert graph(torch.randn(n, 3, 16, 16)).shape == (n, 4, 8, 8)
+
+
+@pytest.mark.slow
+def test_a_qat_file_with_a_padded_max_pool_is_one_xnnpack_partition(tmp_path):
+    from pipeline.export import qat
+
+    torch.manual_seed(0)
+    model = Pooled(relu=True).eval()
+    net = qat.QatNet(litert_convert.qat_graph(model, (3, 16, 16))[0], freeze_after=2).train()
+    with torch.no_grad():
+        for _ in range(3):  # observed ranges
+            net(torch.randn(8, 3, 16, 16))
+    torch.save(net.graph.state_dict(), tmp_path / "qat.pt")
+    litert_convert._int8_qat(model, (3, 16, 16), tmp_path / "qat.pt").export(str(tmp_path / "qat.tflite"))
+    audit = int8_audit.tflite_audit(tmp_path / "qat.tflite")
+    assert audit["int8_file"] and audit["partitions"] == 1 and not audit["outside_int8"], int8_audit.summary(audit)

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 def _zeros_around(graph, x, pad_h: int, pad_w: int):
     """Nodes giving ``x`` (N, C, H, W) with ``pad_h`` rows and ``pad_w`` columns of zeros on each side, written as
-    two concatenations with zero blocks (their shapes are static: the export is of batch 1 at one size)."""
+    two concatenations with zero blocks. Their shapes are static but for a free batch size (the QAT graph's),
+    which they read from ``x`` at run time."""
     import torch
 
     aten, g, val = torch.ops.aten, graph.graph, x.meta["val"]
     n, c, h, w = val.shape
+    batch = n
+    if not isinstance(n, int):
+        batch = g.call_function(aten.sym_size.int, (x, 0))
+        batch.meta["val"] = n
 
-    def zeros(shape):
-        node = g.call_function(aten.full.default, (list(shape), 0.0),
+    def zeros(rest):
+        node = g.call_function(aten.full.default, ([batch, *rest], 0.0),
                                {"dtype": val.dtype, "device": val.device, "pin_memory": False})
-        node.meta["val"] = val.new_zeros(shape)
+        node.meta["val"] = val.new_zeros((n, *rest))
         return node
 
     def cat(parts, dim):
@@ -23,10 +28,10 @@ def _zeros_around(graph, x, pad_h: int, pad_w: int):
         return node
 
     if pad_w:
-        side = zeros((n, c, h, pad_w))
+        side = zeros((c, h, pad_w))
         x = cat([side, x, side], 3)
     if pad_h:
-        side = zeros((n, c, pad_h, w + 2 * pad_w))
+        side = zeros((c, pad_h, w + 2 * pad_w))
         x = cat([side, x, side], 2)
     return x
 

@@ -156,8 +156,9 @@ def _conv_bn_qat_only_for_present_convs():
 
 def qat_graph(model, shape_chw):
     """``model`` (NCHW, float) exported with a free batch size and prepared for quantization-aware training by
-    the int8 route's quantizer, after the same activation rewrite; returns (graph, quantizer). Built the same
-    way in the training process and in the converter, so a state_dict saved by one loads into the other."""
+    the int8 route's quantizer, after the same rewrites (hard activations, padded max-pools); returns (graph,
+    quantizer). Built the same way in the training process and in the converter, so a state_dict saved by one
+    loads into the other."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -166,6 +167,7 @@ def qat_graph(model, shape_chw):
     example = (torch.zeros(2, *shape_chw),)
     graph = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("batch")},),
                                 strict=True).module()
+    max_pool_padding_as_zero_pad(graph)
     with _conv_bn_patterns_as_modules(), _conv_bn_qat_only_for_present_convs():
         return prepare_qat_pt2e(graph, quantizer), quantizer
 
