@@ -99,6 +99,18 @@ def test_mobilenet_v3_small_variants_are_registry_rows_with_torchvision_keys():
         preflight._check_net("student", TrainConfig(arch=name))
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v3_small_relu", "mobilenet_v3_small_minimal"])
+def test_a_mobilenet_v3_row_takes_a_training_step_through_both_forwards(name):
+    """A registered row trains: logits and stage maps in train mode (dropout on) back-propagate, through
+    ``forward`` and through the traced ``forward_maps`` the distillation methods use."""
+    torch.manual_seed(0)
+    net = models.create(name, 3, 10).train()
+    x = torch.randn(2, 3, 64, 64)
+    logits, maps = net.forward_maps(x)
+    (logits.square().mean() + sum(m.square().mean() for m in maps) + net(x).square().mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
 def test_default_weights_of_a_variant_are_its_torchvision_nets(monkeypatch):
     """weights: DEFAULT for a variant loads torchvision's weights of the net it is built from; the minimal
     variant leaves the squeeze-excite tensors out."""

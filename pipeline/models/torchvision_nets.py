@@ -45,8 +45,12 @@ def relu_for_hard_swish(net: nn.Module) -> None:
     """Every nn.Hardswish -> nn.ReLU; the squeeze-excite gates keep their nn.Hardsigmoid, which the int8
     export writes as relu6(x + 3) * (1/6) (pipeline/export/litert_convert.py), so it already runs in XNNPACK's int8
     kernels. Why: hard-swish is the one op of MobileNetV3 that int8 kernel sets lack (XNNPACK, ORT's QDQ fusions),
-    and even rewritten it costs 3 elementwise ops per activation, which an int8 ReLU folds into its conv."""
+    and even rewritten it costs 3 elementwise ops per activation, which an int8 ReLU folds into its conv.
+    The classifier's dropout stops working in place: it follows the new ReLU, whose backward reads its output."""
     _modules_replaced(net, (nn.Hardswish,), lambda old: nn.ReLU(inplace=True))
+    for module in net.modules():
+        if isinstance(module, nn.Dropout):
+            module.inplace = False
 
 
 def minimal(net: nn.Module) -> None:
