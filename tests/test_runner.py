@@ -171,3 +171,29 @@ def test_corrupt_manifest_is_a_clear_error(tmp_path, fake_stages):
     (tmp_path / "run/manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="manifest.json is corrupt"):
         _runner(tmp_path).status_rows()
+
+
+def test_a_stage_no_later_stage_reads_is_skipped(tmp_path, monkeypatch):
+    """`all` runs only what the last stage reads, transitively: here 'third' reads 'first', so 'second' is
+    neither run nor required by --from; 'compress second' still runs it."""
+    mods = _fake(tmp_path, monkeypatch, ("seed",))
+    path = tmp_path / "third.py"
+    path.write_text(STAGE_SOURCE.format(name="third", upstream=("first",), sections=("seed",)))
+    spec = importlib.util.spec_from_file_location("fake_third", path)
+    mods["third"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mods["third"])
+    r = _runner(tmp_path)
+    r.run_all(r.select())
+    assert [len(mods[n].CALLS) for n in ("first", "second", "third")] == [1, 0, 1]
+    assert [row[1] for row in r.status_rows()] == ["done", "missing", "done"]
+    r.run_all(r.select(start="third"), force="third")
+    assert len(mods["third"].CALLS) == 2
+    r.run_all(r.select(to="second"))
+    assert [len(mods[n].CALLS) for n in ("first", "second", "third")] == [1, 1, 2]
+
+
+@pytest.mark.parametrize(("method", "adapt"), [("ama", True), ("student", False), ("kd", False)])
+def test_the_adapt_stage_runs_only_for_a_method_that_distils_through_it(tmp_path, method, adapt):
+    r = _runner(tmp_path, f"distill.method={method}")
+    assert ("adapt" in r.needed("benchmark")) is adapt
+    assert {"teacher", "distill", "export", "simplify", "quantize", "benchmark"} <= r.needed("benchmark")

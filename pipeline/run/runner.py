@@ -194,6 +194,17 @@ class Runner:
             raise UserError(f"--from {start} comes after --to {to}")
         return self.stages[first:last + 1]
 
+    def needed(self, last: str) -> set[str]:
+        """``last`` and every stage it reads from, transitively, for this config: a method that distils without
+        the adaptive module does not need the adapt stage."""
+        wanted, todo = set(), [last]
+        while todo:
+            name = todo.pop()
+            if name not in wanted and name in self.stages:
+                wanted.add(name)
+                todo.extend(upstream(load_stage(name), self.cfg))
+        return wanted
+
     def run_all(self, selected: list[str], force: str | None = None) -> None:
         if force is not None and force not in self.stages:
             raise UserError(f"unknown stage '{force}' for --force; stages are: {', '.join(self.stages)}")
@@ -203,15 +214,19 @@ class Runner:
             raise UserError(f"--force {force} comes after the last stage selected ({selected[-1]}); nothing would "
                             "rerun: drop --to or force an earlier stage")
         forced = set(self.stages[self.stages.index(force):]) if force else set()
+        wanted = self.needed(selected[-1])
         states = self.states(self.run.manifest())
         for name in self.stages[:self.stages.index(selected[0])]:
-            if states[name] != "done":
+            if name in wanted and states[name] != "done":
                 raise UserError(f"stage '{name}' is {'not done' if states[name] == 'missing' else 'stale'}; run "
                                 f"without --from, or 'compress {name}' first")
-        to_run = [n for n in selected if n in forced or states[n] != "done"]
+        to_run = [n for n in selected if n in wanted and (n in forced or states[n] != "done")]
         if to_run:
             preflight.check(self.cfg, to_run)
         for name in selected:
+            if name not in wanted:
+                self.console.print(f"[dim]{name}: not read by any later stage with this config, skipped[/dim]")
+                continue
             if name not in forced and states[name] == "done":
                 self.console.print(f"[dim]{name}: up to date, skipped[/dim]")
                 continue
