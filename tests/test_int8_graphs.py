@@ -102,3 +102,25 @@ def test_a_qat_file_with_a_padded_max_pool_is_one_xnnpack_partition(tmp_path):
     litert_convert._int8_qat(model, (3, 16, 16), tmp_path / "qat.pt").export(str(tmp_path / "qat.tflite"))
     audit = int8_audit.tflite_audit(tmp_path / "qat.tflite")
     assert audit["int8_file"] and audit["partitions"] == 1 and not audit["outside_int8"], int8_audit.summary(audit)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_float_file_with_a_padded_max_pool_is_one_xnnpack_partition_and_the_same_function(tmp_path, precision):
+    """The float routes frame the max-pool with zeros too: no float PADV2 left outside XNNPACK, same outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    torch.manual_seed(0)
+    model = Pooled(relu=True).eval()
+    wrapped, args = litert_convert._nhwc(model, (3, 16, 16))
+    path = tmp_path / f"{precision}.tflite"
+    litert_convert.CONVERTERS[precision](wrapped, args, None).export(str(path))
+    audit = int8_audit.tflite_audit(path)
+    assert audit["partitions"] == 1 and not audit["outside"], int8_audit.summary(audit)
+    x = torch.randn(1, 16, 16, 3)
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x.numpy())
+    interp.invoke()
+    got = interp.get_tensor(interp.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, wrapped(x).detach().numpy(), atol=1e-2 if precision == "fp16" else 1e-4)

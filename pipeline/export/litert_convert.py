@@ -44,17 +44,30 @@ def _nhwc(model, shape_chw):
     return wrapped, (torch.zeros(1, h, w, c),)
 
 
+def _zero_framed_pools(model, args):
+    """The float routes' graph: padded max-pools after a ReLU framed with zeros as in the int8 route, so the float
+    PADV2 of -inf (which XNNPACK does not take either: a second partition in resnet and shufflenet fp32 files) goes;
+    the model as given where there is nothing to rewrite or it does not export."""
+    import torch
+
+    try:
+        graph = torch.export.export(model, args).module()
+    except Exception:  # litert-torch's own export decides; the file keeps its PADV2
+        return model
+    return graph if max_pool_padding_as_zero_pad(graph) else model
+
+
 def _fp32(model, args, calib):
     import litert_torch
 
-    return litert_torch.convert(model, args)
+    return litert_torch.convert(_zero_framed_pools(model, args), args)
 
 
 def _fp16(model, args, calib):
     import litert_torch
     from litert_torch.generative.quantize import quant_recipes
 
-    return litert_torch.convert(model, args, quant_config=quant_recipes.full_fp16_recipe())
+    return litert_torch.convert(_zero_framed_pools(model, args), args, quant_config=quant_recipes.full_fp16_recipe())
 
 
 def _hard_activations_as_int8_ops(model):
