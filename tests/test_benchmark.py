@@ -231,3 +231,22 @@ def test_a_benchmark_that_measured_nothing_stops_with_what_to_do(tmp_path):
     broken = {"artifact": "tflite_int8", "status": "failed", "reason": "error: ai_edge_litert is not installed"}
     with pytest.raises(UserError, match=r"no artifact could be measured \(onnx_fp32: timed out.*tflite_int8: error"):
         check_measured([slow, broken], 5)
+
+
+def test_the_student_alone_is_listed_only_when_the_distill_stage_trained_it(tmp_path):
+    """distill.method=student (or baseline off) trains no baseline: not a failed row; one made and then lost is."""
+    for stage, name in (("teacher", "model.pt"), ("distill", "student.pt")):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        (tmp_path / stage / name).write_bytes(b"x")
+
+    def manifest(*distill_files):
+        return {"stages": {"teacher": {"outputs": [{"path": "teacher/model.pt"}]},
+                           "distill": {"outputs": [{"path": f"distill/{f}"} for f in distill_files]}}}
+
+    def rows(m):
+        return {a["artifact"]: a.get("status", "ok") for a in inventory.artifacts(tmp_path, m)}
+    assert "student_alone_fp32" not in rows(manifest("student.pt"))
+    assert rows(manifest("student.pt", "baseline.pt"))["student_alone_fp32"] == "failed"
+    (tmp_path / "distill" / "baseline.pt").write_bytes(b"x")
+    assert rows(manifest("student.pt", "baseline.pt"))["student_alone_fp32"] == "ok"
+    assert rows({"stages": {}})["student_alone_fp32"] == "ok"  # no manifest (run_info): what is on disk

@@ -25,6 +25,10 @@ def artifacts(run_root: Path, manifest: dict) -> list[dict]:
         made = manifest["stages"].get(item["stage"], {}).get("metrics", {}).get("artifacts")
         if made is not None and item["format"] not in made:  # not asked for by this run's config (quantize.tflite)
             continue
+        outputs = manifest["stages"].get(item["stage"], {}).get("outputs")
+        if item["artifact"] != item["format"] and outputs is not None and not path.is_file() \
+                and f"{item['stage']}/{path.name}" not in {o["path"] for o in outputs}:
+            continue  # a model this run's config does not train (the student alone with distill.method=student)
         entry = (made or {}).get(item["format"])
         if entry and entry.get("status") != "ok" and item["artifact"] == item["format"]:
             out.append({**item, "status": "failed", "reason": f"{item['stage']}: {entry.get('reason', 'failed')}"})
