@@ -93,7 +93,7 @@ def status():
     table = Table(title=f"run {run.root}")
     for col in ("stage", "state", "finished", "took", "cached"):
         table.add_column(col)
-    colours = {"done": "green", "stale": "yellow", "missing": "red"}
+    colours = {"done": "green", "stale": "yellow", "missing": "red", "not used": "dim"}
     for name, state, finished, took, cached in runner_mod.Runner(cfg, run, console).status_rows():
         table.add_row(name, f"[{colours[state]}]{state}[/]", finished, took, cached)
     console.print(table)

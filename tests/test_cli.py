@@ -74,6 +74,13 @@ def test_all_then_everything_skipped_and_status(cli, smoke_run, tmp_path):
     assert "stale" in stale.output
 
 
+def test_status_names_a_stage_the_config_does_not_use(cli, smoke_run):
+    result = cli(*smoke_run, "--set", "distill.method=student", "status")
+    assert result.exit_code == 0, result.output
+    assert [line.split()[3] for line in result.output.splitlines() if line.startswith("│ adapt")] == ["not"]
+    assert "not used" not in cli(*smoke_run, "status").output
+
+
 def test_second_process_on_the_same_run_refuses(cli, smoke_run, tmp_path):
     with RunDir(tmp_path / "run").locked():
         result = cli(*smoke_run, "teacher")

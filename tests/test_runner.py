@@ -185,7 +185,7 @@ def test_a_stage_no_later_stage_reads_is_skipped(tmp_path, monkeypatch):
     r = _runner(tmp_path)
     r.run_all(r.select())
     assert [len(mods[n].CALLS) for n in ("first", "second", "third")] == [1, 0, 1]
-    assert [row[1] for row in r.status_rows()] == ["done", "missing", "done"]
+    assert [row[1] for row in r.status_rows()] == ["done", "not used", "done"]
     r.run_all(r.select(start="third"), force="third")
     assert len(mods["third"].CALLS) == 2
     r.run_all(r.select(to="second"))

@@ -281,8 +281,11 @@ class Runner:
         """stage, state, finished, took, number of variants in the run-cache."""
         manifest = self.run.manifest()
         states = self.states(manifest)
+        wanted = self.needed(self.stages[-1])
         rows = []
         for name in self.stages:
+            if name not in wanted and states[name] == "missing":
+                states[name] = "not used"  # by this config ('all' skips it)
             entry = manifest["stages"].get(name, {})
             seconds = entry.get("seconds")
             rows.append((name, states[name], entry.get("finished", "-"),
