@@ -184,3 +184,13 @@ def test_the_distillation_line_says_plainly_when_distillation_cost_accuracy():
     line = markdown.distillation(85.21, 88.43, 86.99)[0]
     assert "distillation cost 1.44 points" in line and "teacher is no better than the student alone" in line
     assert "no better" not in markdown.distillation(90.0, 88.0, 89.0)[0]
+
+
+def test_the_distillation_line_says_when_one_seed_cannot_tell_the_gain_from_chance():
+    from pipeline.report import markdown
+    # the photos run of 2026-12-06 (1198 test images): -1.59 points, one standard error of the difference 1.44
+    line = markdown.distillation(88.90, 86.23, 84.64, images=1198)[0]
+    assert "about 1.44 points" in line and "cannot tell it from chance" in line
+    # the default run (10000 images): +0.88 points against a standard error of 0.39: beyond two, no caveat
+    assert "chance" not in markdown.distillation(92.59, 91.49, 92.37, images=10000)[0]
+    assert "chance" not in markdown.distillation(92.59, 91.49, 92.37)[0]  # no image count: nothing claimed

@@ -2,6 +2,8 @@
 the page is for."""
 from __future__ import annotations
 
+import math
+
 from pipeline.report.table import REFERENCE, p50, recommended, table, timed
 
 
@@ -51,7 +53,8 @@ def story(rows: list[dict], device: str) -> list[str]:
     lines = [f"- {line}." for line in stale]
     trusted = {a: r for a, r in got.items() if not (r.get("bn_check") or {}).get("stale")}
     if {"teacher_fp32", "student_alone_fp32", REFERENCE} <= set(trusted):
-        lines += distillation(*(100 * trusted[a]["top1"] for a in ("teacher_fp32", "student_alone_fp32", REFERENCE)))
+        lines += distillation(*(100 * trusted[a]["top1"] for a in ("teacher_fp32", "student_alone_fp32", REFERENCE)),
+                              images=trusted[REFERENCE].get("images"))
     quant = [r for r in got.values() if r.get("precision", "").startswith("int8") and "drop_pts" in r and timed(r)]
     if quant and REFERENCE in trusted and timed(got[REFERENCE]):
         fast = min(quant, key=p50)
@@ -108,9 +111,11 @@ def why_slow(audit: dict) -> str:
     return "its int8 kernels gain little over fp32 for this net and size"
 
 
-def distillation(t: float, s: float, d: float) -> list[str]:
+def distillation(t: float, s: float, d: float, images: int | None = None) -> list[str]:
     """The distillation line: both students are the same net trained on the same budget and seed, measured in
-    PyTorch fp32 on the same test images, so the difference is what distillation did."""
+    PyTorch fp32 on the same test images, so the difference is what distillation did, up to the noise of one seed
+    on ``images`` test images (the binomial standard error of a difference of two top-1 rates: an upper bound for
+    two models scored on the same images, whose errors overlap)."""
     gain = d - s
     verdict = ("distillation gained" if gain > 0 else "distillation cost" if gain < 0 else "distillation changed")
     line = (f"- Distillation: distilled student {d:.2f}% against {s:.2f}% for the same student trained alone on the "
@@ -118,6 +123,12 @@ def distillation(t: float, s: float, d: float) -> list[str]:
     if t <= s:
         line += (" The teacher is no better than the student alone, so it has little to teach: train it longer "
                  "(teacher.epochs) or start from a stronger one (teacher.weights with teacher.epochs: 0).")
+    if images:
+        se = 100 * math.sqrt((d / 100 * (1 - d / 100) + s / 100 * (1 - s / 100)) / images)
+        if abs(gain) < 2 * se:
+            line += (f" On {images} test images one standard error of this difference is about {se:.2f} points, so "
+                     "one seed cannot tell it from chance: `compress compare` trains several "
+                     "(`--set compare.seeds=3`).")
     return [line]
 
 
