@@ -124,7 +124,7 @@ def distillation(t: float, s: float, d: float, images: int | None = None) -> lis
         line += (" The teacher is no better than the student alone, so it has little to teach: train it longer "
                  "(teacher.epochs) or start from a stronger one (teacher.weights with teacher.epochs: 0).")
     if images:
-        se = 100 * math.sqrt((d / 100 * (1 - d / 100) + s / 100 * (1 - s / 100)) / images)
+        se = math.sqrt((d * (100 - d) + s * (100 - s)) / images)  # in points: rates in percent
         if abs(gain) < 2 * se:
             line += (f" On {images} test images one standard error of this difference is about {se:.2f} points, so "
                      "one seed cannot tell it from chance: `compress compare` trains several "
