@@ -124,3 +124,13 @@ def test_sigterm_is_handled_like_ctrl_c_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from epoch" in resumed.stdout
     assert [json.loads(r)["epoch"] for r in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_unwritable_cache_dir_is_one_line_before_any_stage_trains(cli, smoke_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a file where the cache folder's parent should be: mkdir fails for root too
+    result = cli(*smoke_run, "--cache-dir", str(blocker / "cache"), "all")
+    assert result.exit_code == 2, result.output
+    assert f"cannot write to run-cache folder {blocker / 'cache'}" in result.output
+    assert "pick another with --cache-dir" in result.output
+    assert not (tmp_path / "run" / "teacher").exists()

@@ -46,13 +46,17 @@ class RunDir:
         atomic_json(self.root / MANIFEST, manifest)
 
     def create(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise cannot_write(exc, f"run directory {self.root}", "pick another with --run-dir") from exc
+        """Make the run folder and check that it and the run-cache can be written, before any stage trains: the
+        cache is written when a stage ends, so a wrong --cache-dir would otherwise cost a whole stage."""
+        for folder, what, option in ((self.root, "run directory", "--run-dir"),
+                                     (self.cache.root, "run-cache folder", "--cache-dir")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-test-{os.getpid()}"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as exc:
+                raise cannot_write(exc, f"{what} {folder}", f"pick another with {option}") from exc
 
     @contextlib.contextmanager
     def locked(self):
