@@ -24,15 +24,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SETTINGS: dict[str, list[str]] = {
-    "resnet18_4ep": [],
-    "resnet18_8ep": ["teacher.epochs=8"],
-    "resnet18_12ep": ["teacher.epochs=12"],
+OLD_AUGMENT = "data.augment=resized_crop_flip"  # the teacher's augmentation before the config moved to crop_flip
+SETTINGS: dict[str, list[str]] = {  # each says its epochs and augmentation: the config's own have changed
+    "resnet18_4ep": ["teacher.epochs=4", OLD_AUGMENT],
+    "resnet18_8ep": ["teacher.epochs=8", OLD_AUGMENT],
+    "resnet18_12ep": ["teacher.epochs=12", OLD_AUGMENT],
     "resnet18_6ep_cropflip": ["teacher.epochs=6", "data.augment=crop_flip"],
     "resnet18_8ep_cropflip": ["teacher.epochs=8", "data.augment=crop_flip"],
     "resnet18_12ep_cropflip": ["teacher.epochs=12", "data.augment=crop_flip"],
-    "resnet18_8ep_lr0.1": ["teacher.epochs=8", "teacher.lr=0.1"],
-    "mobilenet_v2_8ep": ["teacher.arch=mobilenet_v2", "teacher.epochs=8"],
+    "resnet18_8ep_lr0.1": ["teacher.epochs=8", "teacher.lr=0.1", OLD_AUGMENT],
+    "mobilenet_v2_8ep": ["teacher.arch=mobilenet_v2", "teacher.epochs=8", OLD_AUGMENT],
 }
 # the config's teacher with the student that photo_students.md found on the accuracy / int8-latency front
 SETTINGS["resnet18_8ep_cropflip_relu_student"] = [*SETTINGS["resnet18_8ep_cropflip"],
