@@ -6,7 +6,8 @@ Writes the demo folder first if it is missing (benchmarks/make_photo_folder.py, 
 - the first decode of the folder (images/s, one process per core) and a later load from the cache (seconds);
 - `compress -c photos all` from an empty run folder and an empty decode cache, then the same command again;
 - from the run's results.json, MobileNetV3-Small at 96 px: ONNX Runtime INT8 / fp32 and TFLite int8 / fp32
-  latency (batch 1, one thread; goals <= 0.6x and <= 0.7x) and each INT8 artifact's top-1 drop (goal <= 1 point);
+  latency (batch 1, one thread; goals <= 0.8x and <= 0.6x) and each INT8 artifact's top-1 drop (goal <= 0.5 points on
+  validation);
 - the adaptive module's student against the student alone (one seed).
 """
 from __future__ import annotations
@@ -75,8 +76,8 @@ def main() -> None:
     print(f"| a later load from the decode cache | {cached:.2f} s | < 2 s |")
     print(f"| `compress -c photos all`, empty run folder and cache | {times[0] / 60:.1f} min | <= 30 min |")
     print(f"| the same command again | {times[1]:.1f} s | <= 5 s |")
-    for fast, base, goal in (("onnx_int8_x86", "onnx_simplified", 0.6), ("onnx_int8_arm", "onnx_simplified", None),
-                             ("tflite_int8", "tflite_fp32", 0.7)):
+    for fast, base, goal in (("onnx_int8_x86", "onnx_simplified", 0.8), ("onnx_int8_arm", "onnx_simplified", None),
+                             ("tflite_int8", "tflite_fp32", 0.6)):
         if fast in rows and base in rows:
             print(f"| {fast} / {base} latency (batch 1, 1 thread) | {p50(fast) / p50(base):.2f}x "
                   f"({p50(fast):.3f} / {p50(base):.3f} ms) | {f'<= {goal}x' if goal else '-'} |")
@@ -86,7 +87,7 @@ def main() -> None:
         if name in rows:
             r = rows[name]
             val = f", validation {r['val_drop_pts']:+.2f}" if r.get("val_drop_pts") is not None else ""
-            print(f"| {name} top-1 drop vs fp32 | test {r['drop_pts']:+.2f}{val} points | <= 1 point |")
+            print(f"| {name} top-1 drop vs fp32 | test {r['drop_pts']:+.2f}{val} points | validation <= 0.5 points |")
     d = manifest["stages"]["distill"]["metrics"]
     print(f"| distilled student ({d['method']}) vs student alone, test top-1 | {100 * d['test_top1']:.2f} % vs "
           f"{100 * d.get('baseline_top1', float('nan')):.2f} % | ama higher |")
