@@ -136,6 +136,10 @@ def test_the_report_says_why_an_int8_file_is_slower_than_fp32():
     assert "19 HARD_SWISH run outside XNNPACK" in lines[1] and "20 XNNPACK partitions" in lines[1]
     whole = {"format": "tflite", "partitions": 1, "outside": {}, "line": "all 60 ops in XNNPACK: 1 partition"}
     assert len(int8_lines([_row("tflite_fp32", 0.35), _row("tflite_int8", 0.20, whole)])) == 1  # faster: no why
+    ort = {"format": "onnx", "int8_mac_share": 1.0, "float_ops": {}, "line": "int8 kernels 100% of MACs"}
+    lines = int8_lines([_row("onnx_simplified", 0.39), _row("onnx_int8_x86", 0.34, ort)])
+    assert lines[1] == ("- onnx_int8_x86 is only a little faster than onnx_simplified on host (0.87x its latency): "
+                        "its int8 kernels gain little over fp32 for this net and size.")
 
 
 def test_inspect_prints_the_audit_and_refuses_what_it_cannot_read(tmp_path, cli):

@@ -68,17 +68,27 @@ FP32_OF = {"tflite_int8": "tflite_fp32", "onnx_int8_x86": "onnx_simplified", "on
            "onnx_int8_dynamic": "onnx_simplified"}
 
 
+LITTLE_GAIN = 0.8  # an int8 file above this share of its fp32 counterpart's latency gets a reason too
+
+
 def int8_lines(rows: list[dict]) -> list[str]:
     """One line per int8 file: what its runtime runs in int8 (the quantize stage's audit on this machine), and,
-    on each device where it is not faster than its fp32 counterpart, why."""
+    on each device where it is not faster than its fp32 counterpart or saves less than a fifth of its latency,
+    why."""
     audits = {r["artifact"]: r["audit"] for r in rows if r.get("audit") and r["artifact"] in FP32_OF}
     lines = [f"- {name}: {a['line']}." for name, a in audits.items()] + partition_lines(rows)
     for r in rows:
         ref = next((x for x in rows if x["device"] == r["device"] and x["artifact"] == FP32_OF.get(r["artifact"])
                     and x["status"] == "ok" and timed(x)), None)
-        if r["artifact"] in audits and r["status"] == "ok" and timed(r) and ref and p50(r) >= p50(ref):
-            lines.append(f"- {r['artifact']} is not faster than {ref['artifact']} on {r['device']} "
-                         f"({p50(r) / p50(ref):.2f}x its latency): {why_slow(audits[r['artifact']])}.")
+        if not (r["artifact"] in audits and r["status"] == "ok" and timed(r) and ref):
+            continue
+        ratio = p50(r) / p50(ref)
+        where = f"{ref['artifact']} on {r['device']} ({ratio:.2f}x its latency)"
+        if ratio >= 1:
+            lines.append(f"- {r['artifact']} is not faster than {where}: {why_slow(audits[r['artifact']])}.")
+        elif ratio > LITTLE_GAIN:
+            lines.append(f"- {r['artifact']} is only a little faster than {where}: "
+                         f"{why_slow(audits[r['artifact']])}.")
     return lines
 
 
