@@ -145,6 +145,18 @@ def test_the_students_budget_does_not_retrain_the_module_but_its_shape_does(tmp_
     assert adapt_print("adapt.lr=0.01") != base
 
 
+def test_moving_the_decode_cache_retrains_nothing_but_a_data_setting_does(tmp_path):
+    def teacher_print(*sets):
+        cfg = config.load("smoke", list(sets))
+        return runner_mod.Runner(cfg, RunDir(tmp_path / "run"), Console(quiet=True)).fingerprint("teacher",
+                                                                                                {"stages": {}})
+
+    base = teacher_print()
+    moved = {teacher_print(f"data.cache_dir={tmp_path / name}") for name in ("a", "b")}
+    assert moved == {base}
+    assert teacher_print("data.val_fraction=0.2") != base
+
+
 def test_restoring_onto_the_same_hard_link_leaves_no_temp_file(tmp_path):
     """rename() of one link onto another link of the same file does nothing, leaving the temp name behind."""
     import os

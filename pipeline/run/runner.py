@@ -129,7 +129,7 @@ class Runner:
             "stage": name,
             "code": self.code_hash(name),
             "version": pipeline.__version__,
-            "config": {s: _as_json(self.cfg.section(s)) for s in secs},
+            "config": {s: _without_locations(s, _as_json(self.cfg.section(s))) for s in secs},
             "inputs": {up: [o["sha256"] for o in manifest["stages"].get(up, {}).get("outputs", [])
                             if not _is_log(o.get("path", ""))]
                        for up in upstream(mod, self.cfg)},
@@ -295,3 +295,14 @@ class Runner:
 
 def _as_json(value):
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+# keys that say where something is kept, not what is computed: a fingerprint sees their default value, so moving
+# the decode cache to another disk retrains nothing (and runs made with the default keep their fingerprints)
+LOCATIONS = {"data.cache_dir": config_mod.DataConfig.cache_dir}
+
+
+def _without_locations(section: str, value):
+    if not isinstance(value, dict):
+        return value
+    return {k: LOCATIONS.get(f"{section}.{k}", v) for k, v in value.items()}
