@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/ort_int8_options.py runs/photos/simplify/onnx_simplified.onnx [--runs 400]
 
 Quantizes the given fp32 ONNX file (after ONNX Runtime's pre-processing, as the quantize stage does) with each
-option set below and prints the int8 file's median batch-1, one-thread latency against the fp32 file's, the two
-timed one after the other so the ratio holds on a busy machine. Calibration uses random images: this measures
-speed only; the quantize stage's gate decides accuracy. The first row is what the stage writes for the x86
+option set below and prints the int8 file's median batch-1, one-thread latency against the fp32 file's, timed in
+interleaved rounds (int8_speed.py's timer) so the ratio holds on a busy machine. Calibration uses random images:
+this measures speed only; the quantize stage's gate decides accuracy. The first row is what the stage writes for the x86
 target (uint8 activations, int8 per-channel weights, QDQ).
 """
 from __future__ import annotations
@@ -13,29 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+from int8_speed import interleaved, onnx_runner  # noqa: E402  (sets one thread for every runtime)
 
-
-def median_ms(path: Path, x: np.ndarray, runs: int) -> float:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    for _ in range(50):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - started)
-    return 1000 * float(np.median(times))
+from pipeline.export import ort_quant  # noqa: E402
 
 
 def main() -> None:
@@ -43,10 +28,10 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--runs", type=int, default=400)
     args = parser.parse_args()
+    if not args.model.is_file():
+        parser.error(f"{args.model} is not a file: give an fp32 .onnx, e.g. runs/<run>/simplify/onnx_simplified.onnx")
     import onnx
     from onnxruntime import quantization as q
-
-    from pipeline.export import ort_quant
 
     tmp = Path(tempfile.mkdtemp(prefix="ort-int8-"))
     pre = tmp / "pre.onnx"
@@ -65,23 +50,16 @@ def main() -> None:
         "u8 weights": dict(per_channel=True, weight_type=u8),
         "s8 activations (the ARM target's types)": dict(per_channel=True, activation_type=s8),
     }
-    x = calib[:1]
-    print(f"model: {args.model}; batch 1, one thread, median of {args.runs} runs\n")
+    fp32, _ = onnx_runner(str(args.model), calib)
+    print(f"model: {args.model}; batch 1, one thread, median of {args.runs} calls, int8 and fp32 interleaved\n")
     print("| option | int8 ms | fp32 ms | int8 / fp32 |\n|---|---|---|---|")
     for i, (name, kw) in enumerate(variants.items()):
-        feed = iter(range(0, len(calib), 8))
-
-        class Reader(q.CalibrationDataReader):
-            def get_next(self):
-                j = next(feed, None)
-                return None if j is None else {proto.graph.input[0].name: calib[j:j + 8]}
-
         dst = tmp / f"v{i}.onnx"
         options = {"quant_format": q.QuantFormat.QDQ, "activation_type": u8, "weight_type": s8, **kw}
-        q.quantize_static(str(pre), str(dst), Reader(), **options)
-        int8, fp32 = median_ms(dst, x, args.runs), median_ms(args.model, x, args.runs)
-        print(f"| {name} | {int8:.3f} | {fp32:.3f} | {int8 / fp32:.2f}x |", flush=True)
-
+        q.quantize_static(str(pre), str(dst), ort_quant._reader(calib, proto.graph.input[0].name, 8), **options)
+        ms = interleaved({"int8": onnx_runner(str(dst), calib)[0], "fp32": fp32}, args.runs)
+        int8_ms, fp32_ms = ms["int8"]["median_ms"], ms["fp32"]["median_ms"]
+        print(f"| {name} | {int8_ms:.3f} | {fp32_ms:.3f} | {int8_ms / fp32_ms:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -131,6 +131,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra override for every run")
     parser.add_argument("--latency", action="store_true", help="benchmark the first seed's files too")
     args = parser.parse_args()
+    if not args.folder.is_dir():
+        parser.error(f"--folder {args.folder} is not a folder: write one with benchmarks/make_photo_folder.py")
+    if args.teacher and not args.teacher.is_file():
+        parser.error(f"--teacher {args.teacher} is not a file: give a finished run's teacher/model.pt")
     args.folder, args.out = args.folder.resolve(), args.out.resolve()
     args.teacher = args.teacher.resolve() if args.teacher else None
     from pipeline import config as config_mod

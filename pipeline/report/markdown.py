@@ -83,11 +83,9 @@ def int8_lines(rows: list[dict]) -> list[str]:
         if not (r["artifact"] in audits and r["status"] == "ok" and timed(r) and ref):
             continue
         ratio = p50(r) / p50(ref)
-        where = f"{ref['artifact']} on {r['device']} ({ratio:.2f}x its latency)"
-        if ratio >= 1:
-            lines.append(f"- {r['artifact']} is not faster than {where}: {why_slow(audits[r['artifact']])}.")
-        elif ratio > LITTLE_GAIN:
-            lines.append(f"- {r['artifact']} is only a little faster than {where}: "
+        if ratio > LITTLE_GAIN:
+            how = "is not faster than" if ratio >= 1 else "is only a little faster than"
+            lines.append(f"- {r['artifact']} {how} {ref['artifact']} on {r['device']} ({ratio:.2f}x its latency): "
                          f"{why_slow(audits[r['artifact']])}.")
     return lines
 
