@@ -78,6 +78,19 @@ def test_ort_int8_artifacts(good):
     assert ctx.metrics["gate_split"] == "val" and "fp32_val_top1" in ctx.metrics and "fp32_test_top1" in ctx.metrics
 
 
+def test_console_line_names_the_split_of_each_drop(good):
+    """The line printed for a written file gives the gate split's drop under that split's name, then the test
+    set's (it once printed the validation drop as the test drop)."""
+    from pipeline.export.artifacts import drop_text
+
+    entry = good[2].metrics["artifacts"]["onnx_int8_x86"]
+    val_drop = entry["drop_points"]
+    test_drop = 100 * (entry["fp32_test_top1"] - entry["test_top1"])
+    assert drop_text(entry) == f", val top-1 drop {val_drop:+.2f} points (test {test_drop:+.2f})"
+    no_val = {"gate_split": "test", "drop_points": 0.25, "test_top1": 0.5, "fp32_test_top1": 0.5025}
+    assert drop_text(no_val) == ", test top-1 drop +0.25 points"
+    assert drop_text({"status": "ok"}) == ""
+
 def test_splits_normalised_batch_by_batch(good):
     """The stage holds each split as uint8 and normalises one batch at a time, with the same figures."""
     from pipeline import data

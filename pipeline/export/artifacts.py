@@ -45,7 +45,7 @@ def conversion(ctx, name: str, clear: bool = True):
         path_of(ctx, name).unlink(missing_ok=True)
     started = time.perf_counter()
     try:
-        with ctx.console.status(f"{name}: converting and checking on the test set ..."):
+        with ctx.console.status(f"{name}: converting and checking its accuracy ..."):
             yield entry
     except UserError as exc:
         entry.update(status="failed", reason=str(exc), seconds=round(time.perf_counter() - started, 2),
@@ -59,9 +59,21 @@ def conversion(ctx, name: str, clear: bool = True):
     entry.update(path=str(path.relative_to(ctx.run.root)), bytes=path.stat().st_size,
                  seconds=round(time.perf_counter() - started, 2))
     extra = f" (+{entry['convert_seconds']:.2f} s converting)" if "convert_seconds" in entry else ""
-    extra += f", test top-1 drop {entry['drop_points']:.2f} points" if "drop_points" in entry else ""
+    extra += drop_text(entry)
     ctx.console.print(f"[green]{name}[/green]: {path} ({entry['bytes'] / 1024:.1f} KiB) in {entry['seconds']:.2f} s"
                       f"{extra}", highlight=False)
+
+
+def drop_text(entry: dict) -> str:
+    """The console's accuracy words for a written artifact: the drop on the split the gate decided on, then the
+    test set's (points of top-1 against the fp32 model; negative = the artifact scored higher)."""
+    if "drop_points" not in entry:
+        return ""
+    split = entry.get("gate_split", "test")
+    text = f", {split} top-1 drop {entry['drop_points']:+.2f} points"
+    if split != "test" and {"test_top1", "fp32_test_top1"} <= entry.keys():
+        text += f" (test {100 * (entry['fp32_test_top1'] - entry['test_top1']):+.2f})"
+    return text
 
 
 def written(ctx) -> list[Path]:
