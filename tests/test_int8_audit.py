@@ -97,6 +97,27 @@ def test_float_weight_conv_between_qdq_is_quantized_by_ort(tmp_path):
     assert audit["int8_mac_share"] == 1.0
 
 
+def test_dynamic_range_file_counts_its_integer_convs_and_the_float_between_them(tmp_path):
+    """The dynamic file holds ConvInteger / MatMulInteger before ORT optimizes it: their MACs are int8 (the audit
+    once printed 'no conv/gemm MACs found' for it), and the bias, activation and pooling after each int32 -> float
+    Cast are float ops."""
+    torch.manual_seed(0)
+    fp32, pre, dyn = tmp_path / "fp32.onnx", tmp_path / "pre.onnx", tmp_path / "dyn.onnx"
+    onnx_tools.export(Tiny().eval(), fp32, 3, 16, 17)
+    ort_quant.preprocess(fp32, pre)
+    ort_quant.dynamic(pre, dyn, [])
+    audit = int8_audit.onnx_audit(dyn)
+    assert audit["int8_kernels"].get("ConvInteger") == 2 and audit["unmatched_mac_ops"] == {}
+    assert (audit["int8_macs"], audit["float_macs"]) == (C1 + C2 + FC, 0)
+    assert audit["float_ops"].get("Relu") == 2 and audit["float_ops"].get("Add", 0) >= 2
+    assert int8_audit.summary(audit).startswith("dynamic-range int8 kernels 100% of MACs")
+    from pipeline.report.markdown import int8_lines
+
+    kept = int8_audit.audit(dyn)
+    lines = int8_lines([_row("onnx_simplified", 0.16), _row("onnx_int8_dynamic", 1.06, kept)])
+    assert "onnx_int8_dynamic is not faster than onnx_simplified on host (6.62x its latency)" in lines[1]
+    assert "quantized with dynamic ranges" in lines[1] and "ConvInteger" in lines[1]
+
 def test_tflite_hardswish_leaves_xnnpack_unless_rewritten(tmp_path, monkeypatch):
     """litert-torch PT2E int8 as the pipeline converts: ReLU -> one XNNPACK partition; nn.Hardswish as is -> int8
     HARD_SWISH ops on TFLite's builtin kernels, which split the graph; the pipeline's rewrite keeps it whole."""

@@ -145,6 +145,12 @@ def inspect(path) -> list[str]:
     return out
 
 
+def dynamic_range(audit: dict) -> bool:
+    """An ONNX file quantized with dynamic ranges: its activations are quantized at run time, call by call, and
+    its convolutions run as ConvInteger (ORT fuses the classifier's into DynamicQuantizeMatMul)."""
+    return bool({"ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"} & set(audit.get("int8_kernels") or {}))
+
+
 def summary(audit: dict) -> str:
     """One line: 'int8 kernels 100% of MACs, 1 partition', '19 HARD_SWISH outside XNNPACK: 20 partitions', ..."""
     if audit.get("format") == "tflite":
@@ -158,6 +164,8 @@ def summary(audit: dict) -> str:
         return f"{_top(outside)} {where}: {parts} {plural}"
     share = audit.get("int8_mac_share")
     head = "no conv/gemm MACs found" if share is None else f"int8 kernels {share:.0%} of MACs"
+    if dynamic_range(audit):
+        head = f"dynamic-range {head}"
     extras = [f"{audit['quantize']} Q / {audit['dequantize']} DQ"]
     if audit["transpose"]:
         extras.append(f"{audit['transpose']} Transpose")

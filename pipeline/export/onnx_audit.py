@@ -13,6 +13,8 @@ _FLOAT_MAC_OPS = {"Conv": 1, "FusedConv": 1, "NhwcFusedConv": 1, "Gemm": 1, "Fus
 
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+# the integer ops a dynamic-range file holds before ORT optimizes it (weight at input 1): their MACs count too
+_DYNAMIC_MAC_OPS = ("ConvInteger", "MatMulInteger")
 
 
 _SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Constant"}
@@ -42,7 +44,7 @@ def _macs_per_weight(proto) -> dict:
     dq_source = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
     macs, total = {}, 0
     for node in proto.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or len(node.input) < 2:
+        if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose", *_DYNAMIC_MAC_OPS) or len(node.input) < 2:
             continue
         weight = node.input[1]
         source = dq_source.get(weight, weight)
@@ -51,7 +53,7 @@ def _macs_per_weight(proto) -> dict:
         if wshape is None or not out or any(d is None for d in out[1:]):
             continue
         per_weight = int(np.prod(wshape))
-        if node.op_type in ("Conv", "ConvTranspose"):
+        if node.op_type in ("Conv", "ConvTranspose", "ConvInteger"):
             spatial = int(np.prod(out[2:])) if len(out) > 2 else 1
         else:  # rows of the product per sample: everything between the batch and the last axis
             spatial = int(np.prod(out[1:-1])) if len(out) > 2 else 1
@@ -94,6 +96,9 @@ def _tensor_types(graph) -> dict:
                 out = "int32"
             elif op in ("Shape", "Size"):
                 out = "int64"
+            elif op == "Cast":  # the dynamic-range file casts its int32 accumulators back to float
+                to = next((a.i for a in node.attribute if a.name == "to"), 0)
+                out = name(to)
             else:
                 out = next((types[i] for i in node.input if i and i in types), None)
                 if out is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from pipeline.export.int8_audit import dynamic_range
 from pipeline.report.table import REFERENCE, p50, recommended, table, timed
 
 
@@ -110,6 +111,10 @@ def why_slow(audit: dict) -> str:
             return (f"{ops} run outside XNNPACK on TFLite's builtin kernels, which split the graph into "
                     f"{audit['partitions']} XNNPACK partitions with a hand-off at every boundary")
         return "every op runs in XNNPACK, so its int8 kernels gain little over fp32 for this net and size"
+    if dynamic_range(audit):
+        return ("it is quantized with dynamic ranges: ONNX Runtime quantizes each activation at run time and runs "
+                "the convolutions as ConvInteger, slower kernels than its fp32 ones, with the bias, activation and "
+                "pooling in float between them; a static int8 file (onnx_int8_x86) avoids both")
     if audit.get("int8_mac_share") is None:
         return "the audit recognises no conv or gemm kernel in its optimized graph, so it cannot say which ops cost"
     if audit.get("float_ops"):
