@@ -214,3 +214,26 @@ def test_the_report_says_which_runtime_each_device_used_and_its_partitions():
     lines = int8_lines([host, pi])
     assert "- tflite_int8 on host (ai-edge-litert): runs in 1 XNNPACK partition." in lines
     assert "- tflite_int8 on pi (tflite-runtime): runs on TFLite's builtin kernels only." in lines
+
+
+def test_a_device_the_audit_did_not_run_on_gets_its_own_reason():
+    """The host's audit (one XNNPACK partition, made with ai-edge-litert) must not explain a slow int8 file on a
+    Pi whose tflite-runtime delegates no int8 op: the Pi row's own partition count does."""
+    from pipeline.report.markdown import int8_lines
+
+    whole = {"format": "tflite", "partitions": 1, "outside": {}, "line": "all 16 ops in XNNPACK: 1 partition"}
+    host = [_row("tflite_fp32", 0.30), {**_row("tflite_int8", 0.20, whole), "xnnpack_partitions": 1}]
+    pi = [{**_row("tflite_fp32", 1.0), "device": "pi"},
+          {**_row("tflite_int8", 2.5), "device": "pi", "precision": "int8", "xnnpack_partitions": 0,
+           "tflite_package": "tflite-runtime"}]
+    why = [line for line in int8_lines(host + pi) if "not faster" in line]
+    assert why == ["- tflite_int8 is not faster than tflite_fp32 on pi (2.50x its latency): tflite-runtime there "
+                   "hands none of its ops to XNNPACK, so it runs on TFLite's builtin kernels only."]
+    ort = {"format": "onnx", "int8_mac_share": 0.58, "float_ops": {"Conv": 6}, "quantize": 9, "dequantize": 23,
+           "line": "int8 kernels 58% of MACs"}
+    rows = [_row("onnx_simplified", 0.16), _row("onnx_int8_arm", 0.26, ort),
+            {**_row("onnx_simplified", 1.0), "device": "pi"}, {**_row("onnx_int8_arm", 1.2), "device": "pi"}]
+    lines = int8_lines(rows)
+    assert "keeps 6 Conv in float" in next(line for line in lines if "on host" in line and "not faster" in line)
+    assert "the int8 audit ran on host, whose runtimes may differ from pi's" in next(
+        line for line in lines if "on pi" in line)

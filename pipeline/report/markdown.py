@@ -77,6 +77,7 @@ def int8_lines(rows: list[dict]) -> list[str]:
     on each device where it is not faster than its fp32 counterpart or saves less than a fifth of its latency,
     why."""
     audits = {r["artifact"]: r["audit"] for r in rows if r.get("audit") and r["artifact"] in FP32_OF}
+    audited_on = {r["device"] for r in rows if r.get("audit")}  # the machine whose runtimes the audit ran
     lines = [f"- {name}: {a['line']}." for name, a in audits.items()] + partition_lines(rows)
     for r in rows:
         ref = next((x for x in rows if x["device"] == r["device"] and x["artifact"] == FP32_OF.get(r["artifact"])
@@ -86,9 +87,22 @@ def int8_lines(rows: list[dict]) -> list[str]:
         ratio = p50(r) / p50(ref)
         if ratio > LITTLE_GAIN:
             how = "is not faster than" if ratio >= 1 else "is only a little faster than"
+            why = why_slow(audits[r["artifact"]]) if r["device"] in audited_on else why_slow_there(r, audited_on)
             lines.append(f"- {r['artifact']} {how} {ref['artifact']} on {r['device']} ({ratio:.2f}x its latency): "
-                         f"{why_slow(audits[r['artifact']])}.")
+                         f"{why}.")
     return lines
+
+
+def why_slow_there(row: dict, audited_on: set) -> str:
+    """The reason for a device the audit did not run on (a board, a phone): its own TFLite runtime's partition
+    count where it reported one, else only that this machine's audit does not describe that runtime."""
+    n, package = row.get("xnnpack_partitions"), row.get("tflite_package", "its TFLite runtime")
+    if n == 0:
+        return f"{package} there hands none of its ops to XNNPACK, so it runs on TFLite's builtin kernels only"
+    if n is not None and n > 1:
+        return f"{package} there splits it into {n} XNNPACK partitions, with a hand-off at every boundary"
+    return (f"the int8 audit ran on {', '.join(sorted(audited_on)) or 'the host'}, whose runtimes may differ from "
+            f"{row['device']}'s, so it cannot say which ops cost there")
 
 
 def partition_lines(rows: list[dict]) -> list[str]:
