@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -30,11 +31,17 @@ class Names:
     name: str
 
     def __iter__(self):
-        path = Path(__file__).resolve().parent.parent.joinpath(*self.module.split(".")).with_suffix(".py")
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == self.name for t in node.targets):
-                return iter(ast.literal_eval(node.value))
-        raise LookupError(f"{self.module} declares no {self.name}")
+        return iter(_declared(self.module, self.name))
+
+
+@functools.cache
+def _declared(module: str, name: str) -> tuple:
+    """The literal ``name`` of ``module``'s source, parsed once per process (every config check iterates it)."""
+    path = Path(__file__).resolve().parent.parent.joinpath(*module.split(".")).with_suffix(".py")
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise LookupError(f"{module} declares no {name}")
 
 
 def all_keys(cls: type, prefix: str = "") -> list[str]:

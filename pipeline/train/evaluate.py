@@ -2,6 +2,7 @@
 the BatchNorm recalibration and check that every evaluation of a trained model relies on (batchnorm.py)."""
 from __future__ import annotations
 
+import functools
 import time
 import typing
 
@@ -51,11 +52,7 @@ def recalibrate_bn(model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfig, see
     """Recompute ``model``'s BatchNorm statistics over ``cfg.bn_recalibration_images`` training images
     (pipeline/train/batchnorm.py), so what is evaluated and saved next is the network that trained. Returns seconds."""
     started = time.perf_counter()
-
-    def forward(xb):
-        with autocast(device, precision):
-            model(prepare(xb, ds, device, channels_last))
-
+    forward = functools.partial(_forward(ds, device, precision, channels_last), model)
     batchnorm.recalibrate(model, ds.train_x, forward, n=cfg.bn_recalibration_images, batch_size=cfg.batch_size,
                           seed=seed, rank=d.rank, world=d.world)
     return time.perf_counter() - started
@@ -65,12 +62,18 @@ def check_bn(model: nn.Module, ds: data_mod.Dataset, train_batch: int, seed: int
              precision: str, channels_last: bool, images: int = 1024, **_) -> dict:
     """batchnorm.check on up to ``images`` training images, in batches of ``train_batch`` (as in training)."""
     idx = batchnorm.sample(len(ds.train_y), min(images, len(ds.train_y)), seed + 1)
+    forward = _forward(ds, device, precision, channels_last)
+    return batchnorm.check(model, ds.train_x[idx], ds.train_y[idx], forward, batch_size=train_batch)
+
+
+def _forward(ds: data_mod.Dataset, device: torch.device, precision: str, channels_last: bool):
+    """``forward(net, uint8 batch)`` -> float32 logits, normalised and in the training precision."""
 
     def forward(net, xb):
         with autocast(device, precision):
             return net(prepare(xb, ds, device, channels_last)).float()
 
-    return batchnorm.check(model, ds.train_x[idx], ds.train_y[idx], forward, batch_size=train_batch)
+    return forward
 
 
 def evaluate(model: nn.Module, ds: data_mod.Dataset, split: str, **predict_kw) -> dict:
