@@ -117,6 +117,18 @@ def test_recommendation_reads_validation_where_measured():
     assert table.recommended(rows, 0.5) == {"host": "onnx_fp32"}
     assert table.recommended(rows, 1.0) == {"host": "onnx_int8_x86"}
     assert "| tflite_int8 | host | 89.50 | +1.50 | 89.90 |" in "\n".join(markdown.splits(rows))
+    # the report says why the fastest file was passed over, and how an int8 one may win its points back
+    assert markdown.passed_over(rows, {"host": "onnx_fp32"}, 0.5) == [
+        "- onnx_int8_x86 is faster on host (0.100 ms against 0.200) but loses 1.00 validation points, more than "
+        "benchmark.max_drop 0.5, so onnx_fp32 is recommended. `--set quantize.qat=on` fine-tunes an int8 file with "
+        "the teacher that may win them back.",
+        "- tflite_int8 is faster on host (0.050 ms against 0.200) but loses 1.50 validation points, more than "
+        "benchmark.max_drop 0.5, so onnx_fp32 is recommended. `--set quantize.qat=on` fine-tunes an int8 file with "
+        "the teacher that may win them back."]
+    assert markdown.passed_over(rows, {"host": "onnx_int8_x86"}, 1.0)[0].startswith("- tflite_int8 is faster")
+    with_qat = rows + table.table(_doc("host", "r", [val(_row("tflite_int8_qat", 0.899, 0.05, "tflite", "int8"),
+                                                          0.89)]))
+    assert not any("quantize.qat" in line for line in markdown.passed_over(with_qat, {"host": "onnx_int8_x86"}, 1.0))
 
 
 @pytest.mark.parametrize("broken, message", [

@@ -181,6 +181,26 @@ def splits(rows: list[dict]) -> list[str]:
                   f"{_fmt(r.get('val_drop_pts'), '+.2f')} | {100 * r['top1']:.2f} |" for r in both]
 
 
+def passed_over(rows: list[dict], best: dict, max_drop: float) -> list[str]:
+    """Why a faster file than the recommended one was not recommended: it lost more than ``max_drop`` points on
+    the split the choice is made on. For a post-training int8 file, the way to try winning them back."""
+    out, qat_ran = [], any(r["artifact"].endswith("_qat") for r in rows)
+    for device, name in best.items():
+        chosen = next(r for r in rows if r["device"] == device and r["artifact"] == name)
+        for r in rows:
+            if not (r["device"] == device and r.get("runtime") != "torch" and timed(r) and p50(r) < p50(chosen)):
+                continue
+            split, drop = ("validation", r["val_drop_pts"]) if "val_drop_pts" in r else ("test", r.get("drop_pts"))
+            if drop is None or drop <= max_drop:
+                continue
+            qat = (" `--set quantize.qat=on` fine-tunes an int8 file with the teacher that may win them back."
+                   if r.get("precision", "").startswith("int8") and not qat_ran else "")
+            out.append(f"- {r['artifact']} is faster on {device} ({p50(r):.3f} ms against {p50(chosen):.3f}) but "
+                       f"loses {drop:.2f} {split} points, more than benchmark.max_drop {max_drop}, so {name} is "
+                       f"recommended.{qat}")
+    return out
+
+
 def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
     rows = table(doc, extras)
     best = recommended(rows, max_drop)
@@ -204,6 +224,7 @@ def markdown(doc: dict, extras: list[dict], max_drop: float) -> str:
     out += ["", "## What it says", ""] + story(rows, m["device"]) + method_note(doc["run"].get("method"))
     out += [f"- Recommended on {dev}: **{art}**." for dev, art in best.items()] or ["- No artifact is within "
                                                                                    f"{max_drop} points."]
+    out += passed_over(rows, best, max_drop)
     if lines := int8_lines(rows):
         out += ["", "INT8 kernels (what each int8 file runs in int8 on this machine's runtimes):", ""] + lines
     return "\n".join(out) + "\n"
