@@ -237,3 +237,7 @@ def test_a_device_the_audit_did_not_run_on_gets_its_own_reason():
     assert "keeps 6 Conv in float" in next(line for line in lines if "on host" in line and "not faster" in line)
     assert "the int8 audit ran on host, whose runtimes may differ from pi's" in next(
         line for line in lines if "on pi" in line)
+    # on an x86 host the ARM file is slow by design: the line says which file is this CPU's
+    for arch, says in (("x86_64", True), ("aarch64", False)):
+        lines = int8_lines([{**r, "arch": arch} for r in rows[:2]])
+        assert ("onnx_int8_x86 is the one for an x86 CPU" in lines[-1]) is says

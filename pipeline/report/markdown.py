@@ -69,6 +69,7 @@ FP32_OF = {"tflite_int8": "tflite_fp32", "onnx_int8_x86": "onnx_simplified", "on
            "onnx_int8_dynamic": "onnx_simplified"}
 
 
+X86 = ("x86_64", "AMD64", "i686", "i386")  # platform.machine() of an x86 CPU
 LITTLE_GAIN = 0.8  # an int8 file above this share of its fp32 counterpart's latency gets a reason too
 
 
@@ -88,6 +89,8 @@ def int8_lines(rows: list[dict]) -> list[str]:
         if ratio > LITTLE_GAIN:
             how = "is not faster than" if ratio >= 1 else "is only a little faster than"
             why = why_slow(audits[r["artifact"]]) if r["device"] in audited_on else why_slow_there(r, audited_on)
+            if r["artifact"] == "onnx_int8_arm" and r.get("arch") in X86:
+                why += "; this file is made for ARM's int8 kernels, and onnx_int8_x86 is the one for an x86 CPU"
             lines.append(f"- {r['artifact']} {how} {ref['artifact']} on {r['device']} ({ratio:.2f}x its latency): "
                          f"{why}.")
     return lines

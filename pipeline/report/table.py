@@ -7,7 +7,8 @@ REFERENCE = "torch_fp32"
 
 def table(doc: dict, extras: list[dict] = ()) -> list[dict]:
     """Flat rows of every document, with drop vs fp32 and speedup vs PyTorch eager on the same device."""
-    rows = [{**r, "device": d["machine"]["device"], **({"emulated": True} if d["machine"].get("emulated") else {})}
+    rows = [{**r, "device": d["machine"]["device"], **({"emulated": True} if d["machine"].get("emulated") else {}),
+             **({"arch": d["machine"]["arch"]} if d["machine"].get("arch") else {})}
             for d in (doc, *extras) for r in d["rows"]]
     ok = [r for r in rows if r["status"] == "ok"]
     for row in ok:
