@@ -10,7 +10,7 @@ Imports only numpy, onnx, onnxruntime and ai_edge_litert, each inside the functi
 """
 from __future__ import annotations
 
-from pipeline.export.onnx_audit import onnx_audit
+from pipeline.export.onnx_audit import DYNAMIC_RANGE_OPS, onnx_audit
 
 # ---- TFLite ---------------------------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ def inspect(path) -> list[str]:
 def dynamic_range(audit: dict) -> bool:
     """An ONNX file quantized with dynamic ranges: its activations are quantized at run time, call by call, and
     its convolutions run as ConvInteger (ORT fuses the classifier's into DynamicQuantizeMatMul)."""
-    return bool({"ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"} & set(audit.get("int8_kernels") or {}))
+    return bool(DYNAMIC_RANGE_OPS & set(audit.get("int8_kernels") or {}))
 
 
 def summary(audit: dict) -> str:

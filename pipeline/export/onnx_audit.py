@@ -13,8 +13,10 @@ _FLOAT_MAC_OPS = {"Conv": 1, "FusedConv": 1, "NhwcFusedConv": 1, "Gemm": 1, "Fus
 
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-# the integer ops a dynamic-range file holds before ORT optimizes it (weight at input 1): their MACs count too
+# the integer ops a dynamic-range file holds before ORT optimizes it (weight at input 1): their MACs count too;
+# ORT fuses the classifier's into DynamicQuantizeMatMul, so that op marks such a file after optimization as well
 _DYNAMIC_MAC_OPS = ("ConvInteger", "MatMulInteger")
+DYNAMIC_RANGE_OPS = {*_DYNAMIC_MAC_OPS, "DynamicQuantizeMatMul"}
 
 
 _SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Constant"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from pipeline.export.int8_audit import dynamic_range
-from pipeline.report.table import REFERENCE, p50, recommended, table, timed
+from pipeline.report.table import REFERENCE, choice_drop, p50, recommended, table, timed
 
 
 def _fmt(value, spec: str = ".3f", suffix: str = "") -> str:
@@ -193,7 +193,7 @@ def passed_over(rows: list[dict], best: dict, max_drop: float) -> list[str]:
         for r in rows:
             if not (r["device"] == device and r.get("runtime") != "torch" and timed(r) and p50(r) < p50(chosen)):
                 continue
-            split, drop = ("validation", r["val_drop_pts"]) if "val_drop_pts" in r else ("test", r.get("drop_pts"))
+            split, drop = choice_drop(r)
             if drop is None or drop <= max_drop:
                 continue
             qat = (" `--set quantize.qat=on` fine-tunes an int8 file with the teacher that may win them back."

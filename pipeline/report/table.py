@@ -42,13 +42,21 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return sorted(front, key=p50)
 
 
+def choice_drop(row: dict) -> tuple[str, float | None]:
+    """(split, top-1 points lost) that the recommendation judges a row by: validation where it was measured, the
+    test split otherwise (e.g. device runs); None when the row has no fp32 reference to compare with."""
+    if "val_drop_pts" in row:
+        return "validation", row["val_drop_pts"]
+    return "test", row.get("drop_pts")
+
+
 def recommended(rows: list[dict], max_drop: float) -> dict:
     """Per device: the fastest exported artifact (not a torch checkpoint) within ``max_drop`` points, judged on
     the validation split where it was measured (the test split only for rows without it, e.g. device runs)."""
     best: dict = {}
     for row in rows:
-        drop = row.get("val_drop_pts", row.get("drop_pts", 1e9))
-        if not timed(row) or row.get("runtime") == "torch" or drop > max_drop:
+        drop = choice_drop(row)[1]
+        if not timed(row) or row.get("runtime") == "torch" or drop is None or drop > max_drop:
             continue
         cur = best.get(row["device"])
         if cur is None or p50(row) < p50(cur):
