@@ -179,6 +179,14 @@ def test_the_guard_fires_on_stale_statistics_and_the_report_makes_no_claim_from_
     assert "distillation gained 30.00 points" in text
 
 
+def test_a_net_without_batchnorm_is_not_run_twice_for_nothing():
+    calls = []
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 2, (32,))
+    assert batchnorm.check(model, x, y, lambda m, b: calls.append(1) or m(b), batch_size=16) == {}
+    assert not calls
+
+
 def test_the_distillation_line_says_plainly_when_distillation_cost_accuracy():
     from pipeline.report import markdown
     line = markdown.distillation(85.21, 88.43, 86.99)[0]

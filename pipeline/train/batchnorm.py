@@ -76,7 +76,10 @@ def recalibrate(model: nn.Module, images, forward, *, n: int, batch_size: int, s
 @torch.no_grad()
 def check(model: nn.Module, images, labels, forward, *, batch_size: int) -> dict:
     """Eval-mode top-1 against batch-statistics top-1 (the BatchNorm layers in train mode, as in training) on
-    the same images. A gap of more than ``STALE_POINTS`` says the running statistics do not match the weights."""
+    the same images. A gap of more than ``STALE_POINTS`` says the running statistics do not match the weights.
+    A net without BatchNorm modules (plain, or the QAT fine-tune's exported graph) has nothing to check: {}."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return {}
     probe = copy.deepcopy(model).eval()
     correct = {"eval_top1": 0, "batch_top1": 0}
     n = 0
