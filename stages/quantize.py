@@ -10,7 +10,10 @@ package) marks only the artifacts it affects; the others are written, then the s
 one-line error (exit code 2).
 
 The ONNX Runtime artifacts come from the simplified ONNX file; the TFLite ones from the distilled PyTorch
-checkpoint through litert-torch (a direct PyTorch -> TFLite converter), so this stage reads both.
+checkpoint through litert-torch (a direct PyTorch -> TFLite converter), so this stage reads both. The TFLite
+converter processes start first and run side by side (``tflite_tools.plan``) while this process makes the ONNX
+Runtime files: the stage's work is mostly single-threaded Python, so on two cores this cut the photos config's
+stage from 60 to 44 s (benchmarks/results/quantize_speed.md).
 
 Quantization-aware fine-tuning (``quantize.qat``: on, or auto when a post-training int8 file fails its gate)
 then trains the student with fake quantization against the teacher (pipeline/export/qat.py) and writes
@@ -18,6 +21,8 @@ tflite_int8_qat (its learned ranges) and onnx_int8_qat (its weights, ONNX Runtim
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +151,12 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
             entry["note"] = "dynamic-range Conv runs as ConvInteger in onnxruntime: smaller, not faster, than fp32"
 
 
-def tflite_artifacts(ctx, inp: Inputs) -> None:
-    """TFLite fp32 / fp16 / int8 from the PyTorch student in one converter subprocess, then each evaluated on
-    the test set."""
+def tflite_artifacts(ctx, inp: Inputs, pool) -> Callable[[], None]:
+    """Start TFLite fp32 / fp16 / int8 from the PyTorch student in converter subprocesses side by side
+    (``tflite_tools.plan``) on ``pool``; returns what waits for them and evaluates each on the validation and
+    test sets. The stage does its ONNX Runtime work meanwhile."""
+    import os
+
     from pipeline.errors import UserError
     from pipeline.export import artifacts, tflite_tools
 
@@ -161,16 +169,25 @@ def tflite_artifacts(ctx, inp: Inputs) -> None:
     wanted = [p for p in qcfg.tflite if not (p == "int8" and calib_error)]
     for precision in qcfg.tflite:  # the converter writes them; conversion() below must not delete them
         artifacts.path_of(ctx, f"tflite_{precision}").unlink(missing_ok=True)
-    try:
-        student = artifacts.upstream(ctx, "torch_fp32") if wanted else None
-        results = tflite_tools.convert(student, {p: artifacts.path_of(ctx, f"tflite_{p}") for p in wanted},
-                                       inp.meta, calib) if wanted else {}
-    except UserError as exc:  # e.g. litert-torch not installed: every TFLite artifact fails alike
-        results = {p: {"status": "failed", "reason": str(exc)} for p in wanted}
-    if calib_error:
-        results["int8"] = {"status": "failed", "reason": str(calib_error)}
-    for precision in qcfg.tflite:
-        tflite_one(ctx, inp, precision, results[precision])
+    student = artifacts.upstream(ctx, "torch_fp32") if wanted else None
+    jobs = [(group, pool.submit(tflite_tools.convert, student, {p: artifacts.path_of(ctx, f"tflite_{p}")
+                                                                 for p in group},
+                                inp.meta, calib if "int8" in group else None, threads=threads))
+            for group, threads in tflite_tools.plan(wanted, os.cpu_count() or 1)]
+
+    def finish() -> None:
+        results = {}
+        for group, job in jobs:
+            try:
+                results.update(job.result())
+            except UserError as exc:  # e.g. litert-torch not installed: every TFLite artifact fails alike
+                results.update({p: {"status": "failed", "reason": str(exc)} for p in group})
+        if calib_error:
+            results["int8"] = {"status": "failed", "reason": str(calib_error)}
+        for precision in qcfg.tflite:
+            tflite_one(ctx, inp, precision, results[precision])
+
+    return finish
 
 
 def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
@@ -197,11 +214,12 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
         record_test(entry, inp, logits)
 
 
-def qat_artifacts(ctx, inp: Inputs) -> None:
+def qat_artifacts(ctx, inp: Inputs, pool) -> None:
     """tflite_int8_qat and onnx_int8_qat from the fake-quantized fine-tune, each gated against fp32 like the
-    others, with its top-1 agreement with the fake-quantized model (the parity check of a quantized file)."""
+    others, with its top-1 agreement with the fake-quantized model (the parity check of a quantized file). The
+    TFLite file converts on ``pool`` while the ONNX one is made."""
     from pipeline import data, models
-    from pipeline.export import artifacts, onnx_tools, ort_quant, qat, tflite_tools
+    from pipeline.export import artifacts, qat, tflite_tools
     from pipeline.files import save_torch
 
     qcfg = ctx.cfg.quantize
@@ -218,26 +236,32 @@ def qat_artifacts(ctx, inp: Inputs) -> None:
     soft = qat.distilled_targets(ctx.run.root / "distill" / "teacher_logits.pt")  # None: not the teacher's there
     net, fit_metrics = qat.fine_tune(student, teacher, ds, ctx.cfg, qcfg, ctx.dir / "qat", seed=ctx.cfg.seed,
                                      fingerprint=ctx.fingerprint, console=ctx.console, soft_targets=soft)
+    state = save_torch(net.graph.state_dict(), ctx.dir / "qat" / "qat_state.pt")
+    path = artifacts.path_of(ctx, "tflite_int8_qat")
+    tflite = (pool.submit(tflite_tools.convert, src, {"int8_qat": path}, inp.meta, None, qat_state=state)
+              if "int8" in qcfg.tflite else None)
     fake = qat.logits(net, inp.x, qcfg.eval_batch_size).numpy()
     ctx.metrics["qat"] = {"reason": why, **fit_metrics, f"fakequant_{inp.split}_top1": round(top1(fake, inp.y), 5)}
-    state = save_torch(net.graph.state_dict(), ctx.dir / "qat" / "qat_state.pt")
-
     agree = lambda logits: round(float((logits.argmax(1) == fake.argmax(1)).mean()), 5)  # noqa: E731
-    path = artifacts.path_of(ctx, "tflite_int8_qat")
-    if "int8" in qcfg.tflite:
-        tflite_one(ctx, inp, "int8_qat", tflite_tools.convert(src, {"int8_qat": path}, inp.meta, None,
-                                                               qat_state=state)["int8_qat"])
+    if "x86" in qcfg.targets:
+        onnx_qat(ctx, inp, qat.float_student(student, net), ds, agree)
+    if tflite is not None:
+        tflite_one(ctx, inp, "int8_qat", tflite.result()["int8_qat"])
         entry = ctx.metrics["artifacts"]["tflite_int8_qat"]
         if entry.get("status") == "ok":
             entry["fakequant_agreement"] = agree(tflite_tools.logits(path, inp.x, qcfg.eval_batch_size))
-    if "x86" not in qcfg.targets:
-        return
 
+
+def onnx_qat(ctx, inp: Inputs, student, ds, agree) -> None:
+    """onnx_int8_qat: the fine-tuned float weights through ONNX Runtime's static x86 quantizer, gated."""
+    from pipeline.export import artifacts, onnx_tools, ort_quant
+
+    qcfg = ctx.cfg.quantize
     final = artifacts.path_of(ctx, "onnx_int8_qat")
     with artifacts.conversion(ctx, "onnx_int8_qat") as entry:
         fp32, pre = ctx.dir / ".qat_fp32.onnx", ctx.dir / ".qat_preprocessed.onnx"
         try:
-            onnx_tools.export(qat.float_student(student, net), fp32, ds.channels, ds.size, ctx.cfg.export.opset)
+            onnx_tools.export(student, fp32, ds.channels, ds.size, ctx.cfg.export.opset)
             ort_quant.preprocess(fp32, pre)
             calib = inp.calibration()
             rr = ort_quant.reduce_range("x86")
@@ -287,10 +311,12 @@ def run(ctx) -> list[Path]:
     inp = Inputs(ctx, artifacts.upstream(ctx, "onnx_simplified"))
     ctx.metrics.update(fp32_test_top1=round(inp.ref_test_top1, 5), gate_split=inp.split,
                        **{f"fp32_{inp.split}_top1": round(inp.ref_top1, 5)})
-    for target in qcfg.targets:
-        onnx_artifact(ctx, inp, target)
-    tflite_artifacts(ctx, inp)
-    qat_artifacts(ctx, inp)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="tflite") as pool:  # threads that wait on converters
+        tflite_done = tflite_artifacts(ctx, inp, pool)
+        for target in qcfg.targets:
+            onnx_artifact(ctx, inp, target)
+        tflite_done()
+        qat_artifacts(ctx, inp, pool)
     audit_all(ctx)
     bad = [f"{n}: {e['reason']}" for n, e in ctx.metrics["artifacts"].items() if e.get("cause") == "input"]
     if bad:

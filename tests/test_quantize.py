@@ -3,6 +3,7 @@ fallback, bad calibration input, unsupported ops and a missing converter package
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import onnx
 import pytest
@@ -11,7 +12,7 @@ from onnx import TensorProto
 from student_fixture import make_run, run_stage, smoke_config, train_student
 
 from pipeline.errors import UserError
-from pipeline.export import onnx_tools
+from pipeline.export import onnx_tools, tflite_tools
 from pipeline.run.runner import Context
 
 # 128 test images: one image is 0.8 points, so the gate's default 1.0 would test noise here
@@ -292,3 +293,25 @@ def test_x86_weights_take_7_bits_only_on_a_cpu_without_vnni(tmp_path, monkeypatc
                    if t.data_type == TensorProto.INT8 and t.dims and len(t.dims) == 4]
         spans[reduce] = max(int(np.abs(w.astype(int)).max()) for w in weights)
     assert spans[False] == 127 and spans[True] <= 64
+
+
+def test_conversions_spread_over_the_cores_int8_alone_and_first():
+    three = ["fp32", "fp16", "int8"]
+    assert tflite_tools.plan(three, 1) == [(three, 1)]
+    assert tflite_tools.plan(three, 2) == [(["int8"], 1), (["fp32", "fp16"], 1)]
+    assert tflite_tools.plan(three, 16) == [(["int8"], 5), (["fp32"], 5), (["fp16"], 5)]
+    assert tflite_tools.plan(["fp32", "fp16"], 4) == [(["fp32"], 2), (["fp16"], 2)]
+    assert tflite_tools.plan(["int8_qat"], 2) == [(["int8_qat"], 2)]
+    assert tflite_tools.plan([], 2) == []
+
+
+def test_the_converter_process_gets_its_share_of_threads(tmp_path, monkeypatch):
+    """A stand-in converter reports the OMP_NUM_THREADS it was started with as its result."""
+    script = ("import json, os, sys; spec = json.load(open(sys.argv[1])); json.dump([{'fp32': {'status': 'failed', "
+              "'reason': os.environ.get('OMP_NUM_THREADS', 'unset')}}], open(spec['result'], 'w'))")
+    monkeypatch.setattr(tflite_tools, "CONVERTER", [sys.executable, "-c", script])
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    convert = lambda **kw: tflite_tools.convert(tmp_path / "net.pt", {"fp32": tmp_path / "x.tflite"},  # noqa: E731
+                                                {"input_size": [1, 4, 4]}, None, **kw)["fp32"]["reason"]
+    assert convert(threads=1) == "1"
+    assert convert() == "7"  # not given: the user's own setting stands

@@ -9,7 +9,8 @@ TensorFlow translation of our own to keep up with new operators, and no TensorFl
 Why a subprocess still: the conversion runs MLIR / flatbuffer C++ code, and an abort or segfault there must fail
 only the TFLite artifacts, not the quantize stage; one conversion also peaks at ~1.6 GB, which goes back to
 the system when the process ends, and jax/litert imports (several seconds) stay out of the pipeline process.
-One process converts every precision of every job it is given.
+One process converts every precision of every job it is given; the quantize stage starts a few side by side
+(pipeline/export/tflite_tools.py ``plan``).
 
 Calls: fp32 is ``litert_torch.convert``; fp16 weights use litert-torch's
 ``full_fp16_recipe`` as quant_config; int8 is PT2E: symmetric per-channel static quantizer, ``prepare_pt2e``

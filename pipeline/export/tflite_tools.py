@@ -24,18 +24,38 @@ def _require(module: str, pin: str) -> None:
                         f"'.venv/bin/pip install {pin}' or drop the TFLite precisions (quantize.tflite=[])")
 
 
+def plan(precisions: list[str], cores: int) -> list[tuple[list[str], int]]:
+    """How to spread ``precisions`` over converter processes that run side by side: (precisions, threads) each.
+
+    One conversion is mostly one busy core (litert-torch's lowering is Python and single-threaded MLIR), so on
+    two cores or more the precisions go to separate processes, at most one per core: int8 first and alone (its
+    calibration makes it the longest), the others shared out in turn. Each process gets an equal share of
+    the cores as its torch threads, at least one: two processes with two OpenMP threads each on two cores
+    spin against each other and gained little over one process doing all three
+    (benchmarks/results/quantize_speed.md). Each process peaks at about 1.6 GB.
+    """
+    if cores < 2 or len(precisions) < 2:
+        return [(list(precisions), max(1, cores))] if precisions else []
+    n = min(cores, len(precisions))
+    ordered = sorted(precisions, key=lambda p: not p.startswith("int8"))  # int8 first (a stable sort)
+    groups = [ordered[:1]] + [ordered[1 + i::n - 1] for i in range(n - 1)]
+    return [(g, max(1, cores // len(groups))) for g in groups]
+
+
 def convert(checkpoint: Path, outputs: dict, metadata: dict, calibration: np.ndarray | None,
-            timeout: float = 1200, qat_state: Path | None = None) -> dict:
+            timeout: float = 1200, qat_state: Path | None = None, threads: int | None = None) -> dict:
     """Convert the compress checkpoint ``checkpoint`` to each precision in ``outputs`` ({precision: path}) in
     a subprocess. ``calibration``: normalised NCHW float images for int8; ``qat_state``: the fine-tuned QAT
-    graph's state_dict for int8_qat (pipeline/export/qat.py).
+    graph's state_dict for int8_qat (pipeline/export/qat.py); ``threads``: the subprocess's torch threads
+    (None: torch's default, every core).
 
     Returns {precision: {"status": ..., "reason" or the input/output quantization params}}.
     """
-    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout, qat_state)[0]
+    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout, qat_state, threads)[0]
 
 
-def convert_many(jobs: list[tuple], timeout: float = 1200, qat_state: Path | None = None) -> list[dict]:
+def convert_many(jobs: list[tuple], timeout: float = 1200, qat_state: Path | None = None,
+                 threads: int | None = None) -> list[dict]:
     """Several conversions in one subprocess (litert-torch starts once), ``timeout`` seconds per job; a crash
     of that process becomes a failed entry for every precision of every job."""
     _require("litert_torch", "litert-torch==0.10.0")
@@ -53,18 +73,20 @@ def convert_many(jobs: list[tuple], timeout: float = 1200, qat_state: Path | Non
                 np.save(job["calibration"], calibration)
             spec["jobs"].append(job)
         (Path(tmp) / "jobs.json").write_text(json.dumps(spec))
-        failed = _run_subprocess(Path(tmp) / "jobs.json", timeout * len(jobs))
+        failed = _run_subprocess(Path(tmp) / "jobs.json", timeout * len(jobs), threads)
         if failed is None and Path(spec["result"]).exists():
             return json.loads(Path(spec["result"]).read_text())
         return [{p: {"status": "failed", "reason": failed or "no result"} for p in outputs}
                 for _, outputs, _, _ in jobs]
 
 
-def _run_subprocess(jobs_file: Path, timeout: float) -> str | None:
+def _run_subprocess(jobs_file: Path, timeout: float, threads: int | None = None) -> str | None:
     """Run pipeline.export.litert_convert on ``jobs_file``; None on success, else why it failed."""
     import os
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     try:
         proc = subprocess.run(CONVERTER + [str(jobs_file)], capture_output=True,
                               text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parents[2])
