@@ -90,6 +90,7 @@ def one(run_dir: Path, way: str, qat: str, args) -> dict:
         stage = json.loads((folder / "manifest.json").read_text())["stages"]["quantize"]
     files = {n: [e.get("val_top1"), e.get("test_top1")] for n, e in stage["metrics"]["artifacts"].items()}
     return {"way": way, "qat": qat, "stage_seconds": stage["seconds"], "wall_seconds": round(wall, 1),
+            "qat_fine_tune_seconds": stage["metrics"].get("qat", {}).get("total_seconds"),
             "convert_seconds": {n: e.get("convert_seconds") for n, e in stage["metrics"]["artifacts"].items()
                                 if e.get("convert_seconds")}, "top1": files}
 
