@@ -296,7 +296,7 @@ def audit_all(ctx) -> None:
 
 def run(ctx) -> list[Path]:
     from pipeline.errors import UserError
-    from pipeline.export import artifacts, ort_quant
+    from pipeline.export import artifacts, ort_quant, tflite_tools
 
     qcfg = ctx.cfg.quantize
     ort_quant.check_method(qcfg.method)
@@ -312,11 +312,15 @@ def run(ctx) -> list[Path]:
     ctx.metrics.update(fp32_test_top1=round(inp.ref_test_top1, 5), gate_split=inp.split,
                        **{f"fp32_{inp.split}_top1": round(inp.ref_top1, 5)})
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="tflite") as pool:  # threads that wait on converters
-        tflite_done = tflite_artifacts(ctx, inp, pool)
-        for target in qcfg.targets:
-            onnx_artifact(ctx, inp, target)
-        tflite_done()
-        qat_artifacts(ctx, inp, pool)
+        try:
+            tflite_done = tflite_artifacts(ctx, inp, pool)
+            for target in qcfg.targets:
+                onnx_artifact(ctx, inp, target)
+            tflite_done()
+            qat_artifacts(ctx, inp, pool)
+        except BaseException:  # failed or interrupted (Ctrl-C, a signal to this process alone): end them too
+            tflite_tools.stop()
+            raise
     audit_all(ctx)
     bad = [f"{n}: {e['reason']}" for n, e in ctx.metrics["artifacts"].items() if e.get("cause") == "input"]
     if bad:

@@ -315,3 +315,25 @@ def test_the_converter_process_gets_its_share_of_threads(tmp_path, monkeypatch):
                                                 {"input_size": [1, 4, 4]}, None, **kw)["fp32"]["reason"]
     assert convert(threads=1) == "1"
     assert convert() == "7"  # not given: the user's own setting stands
+
+
+def test_stop_ends_running_converters_at_once(tmp_path, monkeypatch):
+    """What the quantize stage calls when it fails or is interrupted while conversions run on other threads."""
+    import threading
+    import time
+
+    monkeypatch.setattr(tflite_tools, "CONVERTER", [sys.executable, "-c", "import time; time.sleep(60)"])
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(tflite_tools.convert(
+        tmp_path / "net.pt", {"fp32": tmp_path / "x.tflite"}, {"input_size": [1, 4, 4]}, None)))
+    worker.start()
+    while not tflite_tools._RUNNING:
+        time.sleep(0.05)
+    proc = next(iter(tflite_tools._RUNNING))
+    started = time.perf_counter()
+    tflite_tools.stop()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and time.perf_counter() - started < 10
+    assert proc.poll() is not None and not tflite_tools._RUNNING
+    assert out["fp32"]["status"] == "failed" and "exited with" in out["fp32"]["reason"]
+

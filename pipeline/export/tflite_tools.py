@@ -80,6 +80,9 @@ def convert_many(jobs: list[tuple], timeout: float = 1200, qat_state: Path | Non
                 for _, outputs, _, _ in jobs]
 
 
+_RUNNING: set = set()  # converter processes now running, for stop()
+
+
 def _run_subprocess(jobs_file: Path, timeout: float, threads: int | None = None) -> str | None:
     """Run pipeline.export.litert_convert on ``jobs_file``; None on success, else why it failed."""
     import os
@@ -87,15 +90,31 @@ def _run_subprocess(jobs_file: Path, timeout: float, threads: int | None = None)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen(CONVERTER + [str(jobs_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    _RUNNING.add(proc)
     try:
-        proc = subprocess.run(CONVERTER + [str(jobs_file)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=Path(__file__).resolve().parents[2])
+        _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         return f"TFLite conversion timed out after {timeout:.0f} s"
+    finally:
+        if proc.poll() is None:  # an exception while waiting (Ctrl-C) leaves no converter behind
+            proc.kill()
+            proc.wait()
+        _RUNNING.discard(proc)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        tail = (stderr.strip().splitlines() or ["no output"])[-1][:200]
         return f"TFLite converter process exited with {proc.returncode}: {tail}"
     return None
+
+
+def stop() -> None:
+    """Kill every converter process still running (a stage that fails or is interrupted while conversions run
+    on other threads does not wait for them, nor leave them writing files after it has ended)."""
+    for proc in list(_RUNNING):
+        proc.kill()
 
 
 def interpreter(path: Path, threads: int = 1):
