@@ -31,7 +31,7 @@ def plan(precisions: list[str], cores: int) -> list[tuple[list[str], int]]:
     two cores or more the precisions go to separate processes, at most one per core: int8 first and alone (its
     calibration makes it the longest), the others shared out in turn. Each process gets an equal share of
     the cores as its torch threads, at least one: two processes with two OpenMP threads each on two cores
-    spin against each other and gained little over one process doing all three
+    spin against each other, and the stage was 1.26x slower than with one process doing all three
     (benchmarks/results/quantize_speed.md). Each process peaks at about 1.6 GB.
     """
     if cores < 2 or len(precisions) < 2:
