@@ -7,9 +7,8 @@
 the folder is copied and `compress quantize --force quantize` runs in it in a fresh process:
 
 - serial: the baseline, the stage as it was before the converters ran side by side: one litert-torch process
-  for every TFLite precision with torch's default threads, started only after the ONNX Runtime files, and the
-  QAT TFLite file converted before the QAT ONNX one (the stage's thread pool replaced by one that runs each
-  job at once, ``tflite_tools.plan`` by a single group);
+  for every TFLite precision with torch's default threads, started only after the ONNX Runtime files (the
+  stage's thread pool replaced by one that runs each job at once, ``tflite_tools.plan`` by a single group);
 - side by side: the stage as shipped (``tflite_tools.plan``: int8 alone, the other precisions in a second
   process, each with its share of the cores, while the stage makes the ONNX Runtime files);
 - with ``--all-threads`` also "side by side, all threads": the same processes left at torch's default threads

@@ -214,10 +214,10 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
         record_test(entry, inp, logits)
 
 
-def qat_artifacts(ctx, inp: Inputs, pool) -> None:
+def qat_artifacts(ctx, inp: Inputs) -> None:
     """tflite_int8_qat and onnx_int8_qat from the fake-quantized fine-tune, each gated against fp32 like the
-    others, with its top-1 agreement with the fake-quantized model (the parity check of a quantized file). The
-    TFLite file converts on ``pool`` while the ONNX one is made."""
+    others, with its top-1 agreement with the fake-quantized model (the parity check of a quantized file).
+    Converting the TFLite file beside the ONNX one saved nothing measurable (quantize_speed.md), so they go in turn."""
     from pipeline import data, models
     from pipeline.export import artifacts, qat, tflite_tools
     from pipeline.files import save_torch
@@ -236,20 +236,19 @@ def qat_artifacts(ctx, inp: Inputs, pool) -> None:
     soft = qat.distilled_targets(ctx.run.root / "distill" / "teacher_logits.pt")  # None: not the teacher's there
     net, fit_metrics = qat.fine_tune(student, teacher, ds, ctx.cfg, qcfg, ctx.dir / "qat", seed=ctx.cfg.seed,
                                      fingerprint=ctx.fingerprint, console=ctx.console, soft_targets=soft)
-    state = save_torch(net.graph.state_dict(), ctx.dir / "qat" / "qat_state.pt")
-    path = artifacts.path_of(ctx, "tflite_int8_qat")
-    tflite = (pool.submit(tflite_tools.convert, src, {"int8_qat": path}, inp.meta, None, qat_state=state)
-              if "int8" in qcfg.tflite else None)
     fake = qat.logits(net, inp.x, qcfg.eval_batch_size).numpy()
     ctx.metrics["qat"] = {"reason": why, **fit_metrics, f"fakequant_{inp.split}_top1": round(top1(fake, inp.y), 5)}
+    state = save_torch(net.graph.state_dict(), ctx.dir / "qat" / "qat_state.pt")
     agree = lambda logits: round(float((logits.argmax(1) == fake.argmax(1)).mean()), 5)  # noqa: E731
-    if "x86" in qcfg.targets:
-        onnx_qat(ctx, inp, qat.float_student(student, net), ds, agree)
-    if tflite is not None:
-        tflite_one(ctx, inp, "int8_qat", tflite.result()["int8_qat"])
+    path = artifacts.path_of(ctx, "tflite_int8_qat")
+    if "int8" in qcfg.tflite:
+        tflite_one(ctx, inp, "int8_qat", tflite_tools.convert(src, {"int8_qat": path}, inp.meta, None,
+                                                               qat_state=state)["int8_qat"])
         entry = ctx.metrics["artifacts"]["tflite_int8_qat"]
         if entry.get("status") == "ok":
             entry["fakequant_agreement"] = agree(tflite_tools.logits(path, inp.x, qcfg.eval_batch_size))
+    if "x86" in qcfg.targets:
+        onnx_qat(ctx, inp, qat.float_student(student, net), ds, agree)
 
 
 def onnx_qat(ctx, inp: Inputs, student, ds, agree) -> None:
@@ -317,7 +316,7 @@ def run(ctx) -> list[Path]:
             for target in qcfg.targets:
                 onnx_artifact(ctx, inp, target)
             tflite_done()
-            qat_artifacts(ctx, inp, pool)
+            qat_artifacts(ctx, inp)
         except BaseException:  # failed or interrupted (Ctrl-C, a signal to this process alone): end them too
             tflite_tools.stop()
             raise
