@@ -240,8 +240,8 @@ def qat_artifacts(ctx, inp: Inputs) -> None:
     ctx.metrics["qat"] = {"reason": why, **fit_metrics, f"fakequant_{inp.split}_top1": round(top1(fake, inp.y), 5)}
     state = save_torch(net.graph.state_dict(), ctx.dir / "qat" / "qat_state.pt")
     agree = lambda logits: round(float((logits.argmax(1) == fake.argmax(1)).mean()), 5)  # noqa: E731
-    path = artifacts.path_of(ctx, "tflite_int8_qat")
     if "int8" in qcfg.tflite:
+        path = artifacts.path_of(ctx, "tflite_int8_qat")
         tflite_one(ctx, inp, "int8_qat", tflite_tools.convert(src, {"int8_qat": path}, inp.meta, None,
                                                                qat_state=state)["int8_qat"])
         entry = ctx.metrics["artifacts"]["tflite_int8_qat"]

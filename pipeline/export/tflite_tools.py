@@ -96,11 +96,9 @@ def _run_subprocess(jobs_file: Path, timeout: float, threads: int | None = None)
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
         return f"TFLite conversion timed out after {timeout:.0f} s"
     finally:
-        if proc.poll() is None:  # an exception while waiting (Ctrl-C) leaves no converter behind
+        if proc.poll() is None:  # timed out, or an exception while waiting (Ctrl-C): leave no converter behind
             proc.kill()
             proc.wait()
         _RUNNING.discard(proc)
