@@ -86,7 +86,7 @@ class QuantizeConfig:
     calibration_images: int = check(512, ge=1)
     method: str = check("MinMax", choices=Names("pipeline.export.ort_quant", "METHODS"))
     per_channel: bool = True
-    targets: tuple[str, ...] = check(("x86", "arm", "dynamic"), choices=("x86", "arm", "dynamic"))
+    targets: tuple[str, ...] = check(("x86", "arm"), choices=("x86", "arm", "dynamic"))
     tflite: tuple[str, ...] = check(("fp32", "fp16", "int8"), choices=("fp32", "fp16", "int8"))
     max_drop: float = check(1.0, ge=0.0, le=100.0)
     eval_batch_size: int = check(500, ge=1)
