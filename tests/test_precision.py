@@ -104,6 +104,25 @@ def test_a_cpu_without_bf16_hardware_is_probed_once_for_every_net(tmp_path, monk
     assert _fit(tmp_path / "d", width=0.25).precision == "fp32" and calls  # the second net was probed
 
 
+def test_a_kernel_cap_is_another_machine_for_the_probe(tmp_path, monkeypatch):
+    """A run with PyTorch's and oneDNN's kernels capped at AVX2 (bf16 emulated there) marks only the capped
+    machine: the same CPU without the cap is probed again, and the keys of uncapped runs stay as they were."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for name in probe.KERNEL_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    plain = probe.machine_key()
+    assert "kernel_caps" not in plain
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert probe.machine_key()["kernel_caps"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    _fake(monkeypatch, 1.0, 10.0)
+    assert _fit(tmp_path / "a").precision == "fp32"  # emulated under the cap: the capped machine is marked
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    calls = _fake(monkeypatch, 1.0, 0.5)
+    assert _fit(tmp_path / "b").precision == "bf16" and calls  # probed again without the cap
+
+
 def test_a_slower_bf16_keeps_fp32(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     _fake(monkeypatch, 1.0, 0.98)

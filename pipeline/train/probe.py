@@ -8,8 +8,8 @@ the task and a fresh optimizer (the training state and the RNG are left as they 
 if it is at least ``MARGIN`` faster: a near tie keeps fp32, whose results do not depend on the CPU's bf16 kernels.
 
 The result is kept in ``$XDG_CACHE_HOME/compress/precision/`` (default ``~/.cache``) under a key of the CPU model,
-core and thread counts, torch version, the task's layers, input shape and batch, so later stages and runs on the
-same machine reuse it instead of probing again.
+core and thread counts, torch version, any kernel cap set in the environment (``KERNEL_CAPS``), the task's layers,
+input shape and batch, so later stages and runs on the same machine reuse it instead of probing again.
 
 A probe that finds bf16 ``EMULATED`` times slower or worse also marks the machine (CPU model, cores, threads, torch):
 bf16 runs in software there, 11-14x slower for every net measured on an AVX2 CPU, and even the shortest probe of
@@ -62,14 +62,24 @@ def key(task: torch.nn.Module, shape: tuple, batch: int, channels_last: bool, wo
     train, the input shape, batch and memory format."""
     trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
     net = hashlib.sha256(f"{task!r}\n{trainable}".encode()).hexdigest()[:16]
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "world": world,
-            "torch": torch.__version__, "task": type(task).__name__, "net": net, "shape": list(shape),
-            "batch": batch, "channels_last": channels_last}
+    return {**_machine(world), "task": type(task).__name__, "net": net, "shape": list(shape), "batch": batch,
+            "channels_last": channels_last}
 
 
 def machine_key(world: int = 1) -> dict:
+    return {**_machine(world), "verdict": "bf16 emulated"}
+
+
+# Environment variables that cap the instruction sets PyTorch's and oneDNN's kernels use: the same CPU under a cap
+# is another machine for the probe (capped at AVX2, bf16 is emulated: 6-11x slower than fp32 on a CPU where it is
+# otherwise 2x faster).
+KERNEL_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def _machine(world: int) -> dict:
+    caps = {name: os.environ[name] for name in KERNEL_CAPS if os.environ.get(name)}
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "world": world,
-            "torch": torch.__version__, "verdict": "bf16 emulated"}
+            "torch": torch.__version__, **({"kernel_caps": caps} if caps else {})}
 
 
 def _path(k: dict) -> Path:
