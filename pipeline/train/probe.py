@@ -11,12 +11,12 @@ The result is kept in ``$XDG_CACHE_HOME/compress/precision/`` (default ``~/.cach
 core and thread counts, torch version, any kernel cap set in the environment (``KERNEL_CAPS``), the task's layers,
 input shape and batch, so later stages and runs on the same machine reuse it instead of probing again.
 
-A probe that finds bf16 ``EMULATED`` times slower or worse also marks the machine (CPU model, cores, threads, torch):
-bf16 runs in software there, 11-14x slower for every net measured on an AVX2 CPU, and even the shortest probe of
-another net costs two such steps (the default adapt stage's: 5 s, 3.5% of that stage). Later tasks on that machine
-train in fp32 without a probe, their record naming the task whose probe found it. The other CPUs measured came
-nowhere near that ratio (bf16 at worst 2x slower, on an AVX-512 Xeon without BF16; benchmarks/results/precision.md),
-so they are still probed per net.
+A probe that finds bf16 ``EMULATED`` times slower or worse also marks the machine (CPU model, cores, threads, torch,
+kernel caps): bf16 runs in software there, 11-14x slower for every net measured on an AVX2 CPU, and even the
+shortest probe of another net costs two such steps (the default adapt stage's: 5 s, 3.5% of that stage). Later tasks
+on that machine train in fp32 without a probe, their record naming the task whose probe found it. The other CPUs
+measured came nowhere near that ratio (bf16 at worst 2x slower, on an AVX-512 Xeon without BF16;
+benchmarks/results/precision.md), so they are still probed per net.
 """
 from __future__ import annotations
 
