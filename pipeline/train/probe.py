@@ -38,6 +38,9 @@ ROUNDS = 3  # timed rounds, alternating fp32 and bf16 so a burst of load elsewhe
 STEPS = 2  # optimizer steps per round
 DECISIVE = 2.0  # a round where one precision takes this many times the other's step time ends the probe
 EMULATED = 4.0  # bf16 this many times slower than fp32: the CPU has no bf16 hardware; no net on it is probed again
+# environment variables that cap the instruction sets PyTorch's and oneDNN's kernels use: the same CPU under a cap
+# is another machine for the probe (capped at AVX2, bf16 is emulated: 6-11x slower than fp32 where it was 2x faster)
+KERNEL_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 clock = time.perf_counter
 
 
@@ -68,12 +71,6 @@ def key(task: torch.nn.Module, shape: tuple, batch: int, channels_last: bool, wo
 
 def machine_key(world: int = 1) -> dict:
     return {**_machine(world), "verdict": "bf16 emulated"}
-
-
-# Environment variables that cap the instruction sets PyTorch's and oneDNN's kernels use: the same CPU under a cap
-# is another machine for the probe (capped at AVX2, bf16 is emulated: 6-11x slower than fp32 on a CPU where it is
-# otherwise 2x faster).
-KERNEL_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def _machine(world: int) -> dict:
