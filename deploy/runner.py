@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA = "compress.results/1"
-DEFAULTS = {"warmup_runs": 20, "min_runs": 200, "min_seconds": 2.0, "threads": 0, "throughput_batch": 64,
+DEFAULTS = {"warmup_runs": 20, "min_runs": 200, "min_seconds": 1.0, "threads": 0, "throughput_batch": 64,
             "throughput_seconds": 1.0, "eval_batch": 256}
 
 

@@ -138,7 +138,7 @@ class BenchmarkConfig:
     threads: int = check(0, ge=0)
     warmup_runs: int = check(20, ge=0)
     min_runs: int = check(200, ge=1)
-    min_seconds: float = check(2.0, ge=0.0)
+    min_seconds: float = check(1.0, ge=0.0)
     throughput_batch: int = check(64, ge=1)
     throughput_seconds: float = check(1.0, ge=0.0)
     eval_images: int = check(0, ge=0)
