@@ -75,6 +75,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="JSON of every trial")
     args = ap.parse_args()
+    if not (args.run / "manifest.json").is_file():
+        ap.error(f"{args.run} is not a run folder; run 'compress all' first and pass its folder")
     windows = sorted((float(w) for w in args.windows.split(",")), reverse=True)
     sys.path.insert(0, str(REPO))
     from deploy.runner import cpu_name
