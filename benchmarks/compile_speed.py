@@ -26,7 +26,6 @@ def one(arch: str, precision: str, compiled: bool, steps: int) -> dict:
     """One measurement, in this process."""
     import torch
 
-    sys.path.insert(0, str(REPO))
     from pipeline import models
 
     torch.manual_seed(0)
