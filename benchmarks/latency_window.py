@@ -97,4 +97,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("latency_window: interrupted; the run folder was only copied, and --out holds the trials finished so far",
+              file=sys.stderr)
+        raise SystemExit(130) from None
