@@ -49,7 +49,6 @@ def spread(values: list[float]) -> float:
 
 def summarize(trials: list[dict], windows: list[float]) -> None:
     print(f"{'window s':>8} {'stage s':>8}  {'median spread':>13} {'worst spread':>12}  recommended")
-    base = [t for t in trials if t["window_s"] == max(windows)]
     for w in windows:
         mine = [t for t in trials if t["window_s"] == w]
         spreads = {a: spread([t["rows"][a]["one_thread_p50_ms"] for t in mine]) for a in mine[0]["rows"]}
@@ -59,7 +58,7 @@ def summarize(trials: list[dict], windows: list[float]) -> None:
               f"{100 * statistics.median(spreads.values()):>12.1f}% {100 * spreads[worst]:>11.1f}%  "
               f"{', '.join(picks)}   (worst: {worst})")
     print(f"\none-thread p50 ms, median over repeats (window {max(windows):g} s first)")
-    for a in base[0]["rows"]:
+    for a in trials[0]["rows"]:
         cells = []
         for w in windows:
             mine = [t["rows"][a]["one_thread_p50_ms"] for t in trials if t["window_s"] == w]
