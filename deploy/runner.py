@@ -292,14 +292,15 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def measure_isolated(job: dict, timeout: float = 1800) -> dict:
-    """``measure(job)`` in a fresh child process; a failure or crash becomes ``{"status": "failed"}``."""
+def measure_isolated(job: dict, timeout: float = 1800, scratch: Path | None = None) -> dict:
+    """``measure(job)`` in a fresh child process; a failure or crash becomes ``{"status": "failed"}``.
+    ``scratch``: where the job's temporary files go (None: the system's)."""
     base = {k: job[k] for k in ("artifact", "format", "runtime", "precision", "bytes") if k in job}
     base["file"] = Path(job["path"]).name
     env = dict(os.environ)
     if job.get("pythonpath"):
         env["PYTHONPATH"] = os.pathsep.join([job["pythonpath"], env.get("PYTHONPATH", "")])
-    with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="compress-bench-", dir=scratch) as tmp:
         job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "row.json"
         job_file.write_text(json.dumps({**job, "out": str(out_file)}))
         try:

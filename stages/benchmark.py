@@ -86,7 +86,7 @@ def run(ctx) -> list[Path]:
     cfg = ctx.cfg
     ds = data.load(cfg.data, cfg.seed)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="compress-eval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="compress-eval-", dir=ctx.run.scratch()) as tmp:
         val = write_eval_set(Path(tmp) / "val.npz", ds, 0, "val") if len(ds.val_y) else None
         todo = jobs(ctx, write_eval_set(Path(tmp) / "eval.npz", ds, cfg.benchmark.eval_images), ds, val)
         # one artifact can time for minutes (min_runs, min_seconds): the spinner and the clock show it is alive
@@ -95,7 +95,8 @@ def run(ctx) -> list[Path]:
             task = progress.add_task("benchmark", total=len(todo))
             for job in todo:
                 progress.update(task, description=f"benchmark {job['artifact']}")
-                row = job if job.get("status") == "failed" else runner.measure_isolated(job, cfg.benchmark.timeout_s)
+                row = (job if job.get("status") == "failed"
+                       else runner.measure_isolated(job, cfg.benchmark.timeout_s, Path(tmp)))
                 rows.append({k: v for k, v in row.items() if k not in ("adapter", "data", "pythonpath", "settings",
                                                                         "meta", "path", "val_data")})
                 ctx.console.print(runner.row_line(rows[-1]), highlight=False)

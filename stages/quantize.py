@@ -172,7 +172,8 @@ def tflite_artifacts(ctx, inp: Inputs, pool) -> Callable[[], None]:
     student = artifacts.upstream(ctx, "torch_fp32") if wanted else None
     jobs = [(group, pool.submit(tflite_tools.convert, student, {p: artifacts.path_of(ctx, f"tflite_{p}")
                                                                  for p in group},
-                                inp.meta, calib if "int8" in group else None, threads=threads))
+                                inp.meta, calib if "int8" in group else None, threads=threads,
+                                scratch=ctx.run.scratch()))
             for group, threads in tflite_tools.plan(wanted, os.cpu_count() or 1)]
 
     def finish() -> None:
@@ -243,7 +244,7 @@ def qat_artifacts(ctx, inp: Inputs) -> None:
     if "int8" in qcfg.tflite:
         path = artifacts.path_of(ctx, "tflite_int8_qat")
         tflite_one(ctx, inp, "int8_qat", tflite_tools.convert(src, {"int8_qat": path}, inp.meta, None,
-                                                               qat_state=state)["int8_qat"])
+                                                               qat_state=state, scratch=ctx.run.scratch())["int8_qat"])
         entry = ctx.metrics["artifacts"]["tflite_int8_qat"]
         if entry.get("status") == "ok":
             entry["fakequant_agreement"] = agree(tflite_tools.logits(path, inp.x, qcfg.eval_batch_size))

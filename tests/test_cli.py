@@ -87,6 +87,18 @@ def test_second_process_on_the_same_run_refuses(cli, smoke_run, tmp_path):
     assert result.exit_code == 2 and f"pid {os.getpid()}" in result.output
 
 
+def test_the_next_lock_removes_what_a_killed_run_left_in_its_scratch_folder(tmp_path):
+    run = RunDir(tmp_path / "run")
+    left = run.scratch() / "tflite-job-x" / "calibration0.npy"  # as a kill -9 in quantize leaves it
+    left.parent.mkdir()
+    left.write_bytes(b"0" * 64)
+    (run.root / "teacher").mkdir()
+    (run.root / "teacher" / "model.pt").write_bytes(b"kept")
+    with run.locked():
+        assert not left.parent.exists()
+    assert (run.root / "teacher" / "model.pt").read_bytes() == b"kept"
+
+
 def test_mismatched_checkpoint_from_another_architecture(cli, smoke_run, tmp_path):
     from pipeline import models
 

@@ -17,6 +17,7 @@ from pipeline.run.runner import ORDER
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESS = [sys.executable, "-m", "pipeline.cli", "-c", "smoke"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "100"}
+OURS = ("compress-eval-", "compress-bench-", "tflite-job-")  # the prefixes of the stages' temporary folders
 
 
 def _start(run: Path):
@@ -60,7 +61,9 @@ def _result(run: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_9_in_every_stage_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_kill_9_in_every_stage_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    (tmp_path / "system-tmp").mkdir()
+    monkeypatch.setitem(ENV, "TMPDIR", str(tmp_path / "system-tmp"))
     reference = subprocess.run([*COMPRESS, "-r", str(tmp_path / "ref"), "all"], cwd=ROOT, env=ENV,
                                capture_output=True, text=True)
     assert reference.returncode == 0, reference.stdout[-2000:]
@@ -77,5 +80,8 @@ def test_kill_9_in_every_stage_then_resume_equals_an_uninterrupted_run(tmp_path)
     assert got["quantize"] == want["quantize"] and got["benchmark"] == want["benchmark"], log
     for stage, metrics in want["training"].items():
         assert got["training"][stage] == pytest.approx(metrics, rel=1e-6), (stage, log)
+    # the killed stages' temporary files stayed inside the run, and the resumed run removed them
+    assert not [p.name for p in (tmp_path / "system-tmp").iterdir() if p.name.startswith(OURS)], log
+    assert not list((run / ".tmp").glob("*")), log
     status = subprocess.run([*COMPRESS, "-r", str(run), "status"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert "stale" not in status.stdout and "missing" not in status.stdout

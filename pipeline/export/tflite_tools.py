@@ -43,24 +43,25 @@ def plan(precisions: list[str], cores: int) -> list[tuple[list[str], int]]:
 
 
 def convert(checkpoint: Path, outputs: dict, metadata: dict, calibration: np.ndarray | None,
-            timeout: float = 1200, qat_state: Path | None = None, threads: int | None = None) -> dict:
+            timeout: float = 1200, qat_state: Path | None = None, threads: int | None = None,
+            scratch: Path | None = None) -> dict:
     """Convert the compress checkpoint ``checkpoint`` to each precision in ``outputs`` ({precision: path}) in
     a subprocess. ``calibration``: normalised NCHW float images for int8; ``qat_state``: the fine-tuned QAT
     graph's state_dict for int8_qat (pipeline/export/qat.py); ``threads``: the subprocess's torch threads
-    (None: torch's default, every core).
+    (None: torch's default, every core); ``scratch``: where the job's temporary files go (None: the system's).
 
     Returns {precision: {"status": ..., "reason" or the input/output quantization params}}.
     """
-    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout, qat_state, threads)[0]
+    return convert_many([(checkpoint, outputs, metadata, calibration)], timeout, qat_state, threads, scratch)[0]
 
 
 def convert_many(jobs: list[tuple], timeout: float = 1200, qat_state: Path | None = None,
-                 threads: int | None = None) -> list[dict]:
+                 threads: int | None = None, scratch: Path | None = None) -> list[dict]:
     """Several conversions in one subprocess (litert-torch starts once), ``timeout`` seconds per job; a crash
     of that process becomes a failed entry for every precision of every job."""
     _require("litert_torch", "litert-torch==0.10.0")
     _require("ai_edge_litert", "ai-edge-litert==2.3.0")
-    with tempfile.TemporaryDirectory(prefix="tflite-job-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tflite-job-", dir=scratch) as tmp:
         spec = {"result": str(Path(tmp) / "result.json"), "jobs": []}
         for i, (checkpoint, outputs, metadata, calibration) in enumerate(jobs):
             # absolute: the converter process runs from the repository root, not from the user's folder

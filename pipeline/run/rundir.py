@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -15,6 +16,7 @@ from pipeline.files import atomic_json, cannot_write
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+SCRATCH = ".tmp"  # temporary files of the process holding the lock
 
 
 class RunDir:
@@ -28,6 +30,13 @@ class RunDir:
 
     def stage_dir(self, stage: str) -> Path:
         path = self.root / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def scratch(self) -> Path:
+        """The run's folder for temporary files (``dir=`` of a TemporaryDirectory): a kill -9 leaves them inside
+        the run, not in /tmp for good, and the next ``compress`` that takes the lock removes them."""
+        path = self.root / SCRATCH
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -79,6 +88,7 @@ class RunDir:
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')} "
                  f"({' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))})")
         fh.flush()
+        shutil.rmtree(self.root / SCRATCH, ignore_errors=True)  # left by a run that was killed; none is alive now
         try:
             yield self
         finally:
