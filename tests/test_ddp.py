@@ -49,3 +49,36 @@ def test_auto_precision_under_torchrun_is_rank_0s_probe(tmp_path):
     assert len(marks) <= 1
     if marks:
         assert marks[0]["choice"] == "fp32" and marks[0]["bf16_step_s"] >= probe.EMULATED * marks[0]["fp32_step_s"]
+
+
+HOOK = '''
+import os
+if os.environ.get("RANK"):  # a torchrun worker: log each stage it runs, then run it
+    from pipeline.run import runner
+
+    run_stage = runner.Runner._run_stage
+
+    def logged(self, name, fingerprint):
+        with open(os.environ["STAGE_LOG"], "a") as fh:
+            fh.write(f"{os.environ['RANK']} {name}\\n")
+        return run_stage(self, name, fingerprint)
+
+    runner.Runner._run_stage = logged
+'''
+
+
+def test_under_torchrun_rank_0_alone_runs_the_stages_after_training(tmp_path):
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook/sitecustomize.py").write_text(HOOK)
+    log = tmp_path / "stages.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "hook"), "STAGE_LOG": str(log)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "pipeline.cli", "-c", "smoke", "-r", str(tmp_path / "run"), "--set", "teacher.epochs=1",
+           "--set", "student.epochs=1", "all", "--to", "simplify"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran = sorted(log.read_text().split("\n")[:-1])
+    assert ran == sorted([f"{rank} {stage}" for rank in "01" for stage in ("teacher", "adapt", "distill")]
+                         + ["0 export", "0 simplify"])
+    stages = json.loads((tmp_path / "run/manifest.json").read_text())["stages"]
+    assert sorted(stages) == ["adapt", "distill", "export", "simplify", "teacher"]

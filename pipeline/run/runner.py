@@ -26,6 +26,9 @@ from pipeline.run.rundir import RunDir
 
 # The pipeline, in order. Each name is a module in stages/.
 ORDER = ["teacher", "adapt", "distill", "export", "simplify", "quantize", "benchmark"]
+# The stages torchrun's ranks train together. Rank 0 runs the others alone: every rank converting the same
+# student would only compete for the CPU, and every rank benchmarking it would skew rank 0's latencies.
+DISTRIBUTED = ("teacher", "adapt", "distill")
 
 
 def available() -> list[str]:
@@ -94,9 +97,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _barrier() -> None:
-    """Keep torchrun ranks in step between stages (rank 0 writes the manifest the others read)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def _barrier(stage: str) -> None:
+    """Keep torchrun ranks in step around a stage they all run (rank 0 writes the manifest the others read)."""
+    if stage in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
         if dist.is_initialized():
@@ -224,6 +227,8 @@ class Runner:
         if to_run:
             preflight.check(self.cfg, to_run)
         for name in selected:
+            if not is_main_process() and name not in DISTRIBUTED:
+                continue
             if name not in wanted:
                 self.console.print(f"[dim]{name}: not read by any later stage with this config, skipped[/dim]")
                 continue
@@ -240,7 +245,7 @@ class Runner:
                     if is_main_process():
                         for resume in (self.run.root / name).rglob("last.pt"):
                             resume.unlink()
-                    _barrier()  # before any torchrun rank looks for it (Context.dir)
+                    _barrier(name)  # before any torchrun rank looks for it (Context.dir)
                 self._run_stage(name, fingerprint)
             if is_main_process():  # the config of what ran; a run that fails before any stage leaves it alone
                 atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
@@ -253,7 +258,7 @@ class Runner:
             self.run.record(name, {**entry, "restored": time.strftime("%Y-%m-%dT%H:%M:%S")})
             self.console.print(f"{name}: restored from the run-cache (first run {entry['finished']}, "
                                f"{entry['seconds']:.1f} s of work saved)")
-        _barrier()
+        _barrier(name)
 
     def _run_stage(self, name: str, fingerprint: str) -> None:
         mod = load_stage(name)
@@ -275,7 +280,7 @@ class Runner:
             self.console.print(f"{name}: done in {entry['seconds']:.1f} s")
         else:
             ctx.discard_scratch()
-        _barrier()
+        _barrier(name)
 
     def status_rows(self) -> list[tuple[str, str, str, str, str]]:
         """stage, state, finished, took, number of variants in the run-cache."""
