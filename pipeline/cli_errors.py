@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from pipeline.errors import UserError
@@ -60,8 +61,8 @@ def disk_full(exc: BaseException) -> str | None:
     from pipeline.files import free_space
 
     where = Path(exc.filename).parent if exc.filename else Path.cwd()
-    return (f"[red]error:[/red] no space left for {where} ({free_space(where)} free); free some space and rerun "
-            "the same command to resume (finished stages are kept)")
+    return (f"[red]error:[/red] no space left for {escape(str(where))} ({free_space(where)} free); free some space "
+            "and rerun the same command to resume (finished stages are kept)")
 
 
 class Group(TyperGroup):
@@ -82,7 +83,7 @@ class Group(TyperGroup):
         except (typer.TyperException, typer.Exit, typer.Abort):  # Click's usage errors: usage line, exit 2
             raise
         except UserError as exc:
-            fail(f"[red]error:[/red] {exc}", 2)
+            fail(f"[red]error:[/red] {escape(str(exc))}", 2)  # a path or a library's text may hold [brackets]
         except KeyboardInterrupt:
             fail(f"interrupted: {RESUME}", 130)
         except Terminated:
@@ -90,7 +91,8 @@ class Group(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if message := disk_full(exc):
                 fail(message, 2)
-            fail(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+            fail(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for the "
+                 "traceback)", 1)
 
 
 def fail(message: str, code: int):

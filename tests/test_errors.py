@@ -31,6 +31,14 @@ def test_usage_mistakes_are_click_usage_errors(cli, args, message):
     assert "internal error" not in result.output
 
 
+def test_an_error_naming_a_path_with_brackets_prints_it_as_it_is(cli, tmp_path):
+    """Rich would read '[train]' as a style (dropping it) and '[/old]' as a closing tag (crashing)."""
+    path = tmp_path / "a[/old]" / "[train]" / "c.yaml"
+    result = cli("-c", str(path), "status")
+    assert result.exit_code == 2, result.output
+    assert f"config '{path}' not found" in result.output
+
+
 def test_global_options_after_the_subcommand(cli, tmp_path):
     result = cli("config", "-c", "smoke", "--set", "teacher.epochs=3")
     assert result.exit_code == 0, result.output
