@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.cli_errors import STATE, Group, Terminated
 from pipeline.errors import UserError
@@ -81,7 +82,7 @@ def _print_report() -> None:
     if runner_mod.is_main_process() and (run.root / "benchmark" / "results.json").is_file():
         from pipeline.report import write
         console.print(write.rich_table(run.root / "benchmark", cfg.benchmark.max_drop))
-        console.print(f"report: {run.root / 'benchmark' / 'report.md'}", highlight=False)
+        console.print(f"report: {run.root / 'benchmark' / 'report.md'}", highlight=False, markup=False)
 
 
 @app.command()
@@ -90,7 +91,7 @@ def status():
     from rich.table import Table
 
     cfg, run = _setup()
-    table = Table(title=f"run {run.root}")
+    table = Table(title=f"run {escape(str(run.root))}")
     for col in ("stage", "state", "finished", "took", "cached"):
         table.add_column(col)
     colours = {"done": "green", "stale": "yellow", "missing": "red", "not used": "dim"}
@@ -98,13 +99,13 @@ def status():
         table.add_row(name, f"[{colours[state]}]{state}[/]", finished, took, cached)
     console.print(table)
     console.print(f"run-cache: {run.cache.root} ({run.cache.size() / 2**20:.1f} MB; 'compress gc' frees it)",
-                  highlight=False)
+                  highlight=False, markup=False)
     if cfg.data.dataset == "imagefolder":
         from pipeline.data import imagefolder
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else imagefolder.default_cache_dir()
         entries, size = imagefolder.cache_usage(cache)
         console.print(f"decode cache: {cache} ({entries} decoded folder(s), {size / 2**20:.1f} MB; delete an entry "
-                      "or the folder to free it)", highlight=False)
+                      "or the folder to free it)", highlight=False, markup=False)
 
 
 @app.command()
@@ -154,7 +155,7 @@ def inspect(path: Annotated[Path, typer.Argument(help="A .tflite or .onnx model 
     from pipeline.export import int8_audit
 
     for line in int8_audit.inspect(path):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("report")
@@ -166,7 +167,7 @@ def report_cmd(add: Annotated[Optional[list[Path]], typer.Option("--add", help="
     cfg, run = _setup()
     with run.locked():
         for path in write.add(run, list(add or []), cfg.benchmark.max_drop):
-            console.print(f"wrote {path}", highlight=False)
+            console.print(f"wrote {path}", highlight=False, markup=False)
     _print_report()
 
 
@@ -182,9 +183,9 @@ def predict(
 
     cfg, run = _setup()
     name, results = predict_mod.predict(run.root, images, artifact, top, cfg.benchmark.max_drop)
-    console.print(f"[bold]{name}[/bold] ({run.root})", highlight=False)
+    console.print(f"[bold]{name}[/bold] ({escape(str(run.root))})", highlight=False)
     for image, classes in results:
-        console.print(f"{image}: " + ", ".join(f"{c} {p:.1%}" for c, p in classes), highlight=False)
+        console.print(f"{image}: " + ", ".join(f"{c} {p:.1%}" for c, p in classes), highlight=False, markup=False)
 
 
 @app.command("bundle")
@@ -209,12 +210,12 @@ def bundle_cmd(
     with run.locked():  # a running 'compress all' may be replacing the models
         path = bundle_mod.build(run, cfg, list(fmt or cfg.bundle.formats),
                                 cfg.bundle.images if images is None else images, out, skip_missing=not fmt)
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", highlight=False, markup=False)
     if check_arm:
         from deploy import arm_check
 
         result = path.parent / "arm64-emulated.json"
-        _, rows, times = arm_check.check(path, result, log=lambda m: console.print(m, highlight=False))
+        _, rows, times = arm_check.check(path, result, log=lambda m: console.print(m, highlight=False, markup=False))
         console.print(arm_check.summary(rows, times) + f"wrote {result}; merge it: compress report --add {result}",
                       highlight=False, markup=False)
         bad = arm_check.problems(rows)

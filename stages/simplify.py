@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 NAME = "simplify"
 SECTIONS = ("seed", "data", "export", "simplify")
 UPSTREAM = ("distill", "export")
@@ -41,7 +43,7 @@ def simplify(proto, tool: str, console) -> tuple[object, str]:
             tried.append(f"{name} is not installed (pip install {name}=={_PIN[name]})")
         except Exception as exc:  # a simplifier crash must not stop the pipeline if another one works
             tried.append(f"{name} failed ({type(exc).__name__}: {str(exc)[:80]})")
-        console.print(f"[yellow]simplify:[/yellow] {tried[-1]}", highlight=False)
+        console.print(f"[yellow]simplify:[/yellow] {escape(tried[-1])}", highlight=False)
     raise UserError("; ".join(tried))
 
 

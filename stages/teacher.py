@@ -22,7 +22,7 @@ def run(ctx) -> list[Path]:
     report = data.write_report(ds, ctx.dir)  # a photo folder's files ignored and images skipped
     seed_all(cfg.seed)
     model = models.create_from(tcfg.arch, ds.channels, len(ds.classes), tcfg.width, tcfg.weights,
-                               log=lambda m: ctx.console.print(f"teacher: {m}", highlight=False),
+                               log=lambda m: ctx.console.print(f"teacher: {m}", highlight=False, markup=False),
                                field="teacher.weights")
     if tcfg.epochs == 0:  # the config makes sure teacher.weights is set
         return _as_given(ctx, model, ds) + report
@@ -66,5 +66,6 @@ def _as_given(ctx, model, ds) -> list[Path]:
                                   test_top1=test["top1"], weights=tcfg.weights, precision=precision)
     ctx.metrics.update(test_top1=test["top1"], test_loss=test["loss"], epochs=0, weights=tcfg.weights, bn_check=bn,
                        params=sum(p.numel() for p in model.parameters()))
-    ctx.console.print(f"teacher: {tcfg.arch} from {tcfg.weights} as given, test {test['top1']:.2%}", highlight=False)
+    ctx.console.print(f"teacher: {tcfg.arch} from {tcfg.weights} as given, test {test['top1']:.2%}", highlight=False,
+                      markup=False)
     return [ckpt]

@@ -121,3 +121,18 @@ def test_relative_paths_from_the_users_folder_convert(tmp_path, monkeypatch):
     result = tflite_tools.convert(Path("net.pt"), {"fp32": Path("net_fp32.tflite")}, meta, None)
     assert result["fp32"]["status"] == "ok", result
     assert (tmp_path / "net_fp32.tflite").is_file()
+
+
+def test_a_folder_named_with_brackets_converts(tmp_path):
+    """litert-torch prints the output path as rich markup, where '[/old]' is a closing tag that crashed it."""
+    torch.manual_seed(0)
+    model = models.create("resnet8", 1, 3, 0.25).eval()
+    models.save_checkpoint(tmp_path / "net.pt", model, "resnet8", 0.25, {"channels": 1, "classes": list("abc"),
+                                                                         "size": 8})
+    out = tmp_path / "a[" / "old]" / "[x]"
+    out.mkdir(parents=True)
+    meta = {"arch": "resnet8", "input_size": [1, 8, 8], "mean": [0.5], "std": [0.25], "classes": list("abc")}
+    result = tflite_tools.convert(tmp_path / "net.pt", {p: out / f"{p}.tflite" for p in ("fp32", "fp16")}, meta, None)
+    for p in ("fp32", "fp16"):
+        assert result[p]["status"] == "ok", result
+        assert tflite_tools.metadata(out / f"{p}.tflite")["classes"] == list("abc")

@@ -219,7 +219,8 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else imagefolder.default_cache_dir()
     console = Console(stderr=True)
     images, labels, index = imagefolder.decode(sc, size, cache, cfg.max_bad_fraction,
-                                               log=lambda m: console.print(f"data: {m}", highlight=False))
+                                               log=lambda m: console.print(f"data: {m}", highlight=False,
+                                                                             markup=False))
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     n = index["lengths"]
     a, b = n["train"], n["train"] + n["val"]

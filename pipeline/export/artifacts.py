@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 
 from pipeline.errors import UserError
 from pipeline.export import formats
@@ -50,7 +51,7 @@ def conversion(ctx, name: str, clear: bool = True):
     except UserError as exc:
         entry.update(status="failed", reason=str(exc), seconds=round(time.perf_counter() - started, 2),
                      cause="accuracy_gate" if isinstance(exc, GateFailed) else "input")
-        ctx.console.print(f"[red]{name}: failed[/red] {exc}", highlight=False)
+        ctx.console.print(f"[red]{name}: failed[/red] {escape(str(exc))}", highlight=False)
         return
     path = path_of(ctx, name)
     if not path.exists():  # a conversion that returns must have written its file
@@ -60,8 +61,8 @@ def conversion(ctx, name: str, clear: bool = True):
                  seconds=round(time.perf_counter() - started, 2))
     extra = f" (+{entry['convert_seconds']:.2f} s converting)" if "convert_seconds" in entry else ""
     extra += drop_text(entry)
-    ctx.console.print(f"[green]{name}[/green]: {path} ({entry['bytes'] / 1024:.1f} KiB) in {entry['seconds']:.2f} s"
-                      f"{extra}", highlight=False)
+    ctx.console.print(f"[green]{name}[/green]: {escape(str(path))} ({entry['bytes'] / 1024:.1f} KiB) in "
+                      f"{entry['seconds']:.2f} s{extra}", highlight=False)
 
 
 def drop_text(entry: dict) -> str:

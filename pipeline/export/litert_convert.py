@@ -274,8 +274,8 @@ def convert_one(model, job: dict, precision: str, calib) -> dict:
     else:
         wrapped, args = _nhwc(model, (c, h, w))
         converted = CONVERTERS[precision](wrapped, args, calib)
-    converted.export(str(tmp))
-    raw = tmp.read_bytes()
+    # the bytes, not export(path): litert-torch prints that path as rich markup, which a "[/x]" in it crashes
+    raw = bytes(converted.model_content())  # a bytearray from some recipes (fp16)
     params = quant_params(raw)
     meta = {**job["metadata"], "format": f"tflite_{precision}", "layout": "NHWC", "input_size": [h, w, c],
             "quantization": params, "converter": "litert-torch"}

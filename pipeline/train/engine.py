@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -246,7 +247,7 @@ def _resume_state(path: Path, fingerprint: str, console) -> dict | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a damaged last.pt only costs the progress it held
         if console and init_distributed().main:
-            console.print(f"[yellow]{path} is unreadable; training starts over[/yellow]")
+            console.print(f"[yellow]{escape(str(path))} is unreadable; training starts over[/yellow]")
         return None
     return state if state.get("fingerprint") == fingerprint else None
 
