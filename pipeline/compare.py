@@ -91,7 +91,7 @@ def report(cfg, run_dir, console, results: dict[str, list[dict]]) -> dict:
                                        "runs": results})
     atomic_write(out / "compare.md", to_markdown(summary, cfg))
     plots(results, summary, out)
-    console.print(to_markdown(summary, cfg), highlight=False)
+    console.print(to_markdown(summary, cfg), highlight=False, markup=False)
     return summary
 
 

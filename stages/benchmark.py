@@ -99,7 +99,7 @@ def run(ctx) -> list[Path]:
                        else runner.measure_isolated(job, cfg.benchmark.timeout_s, Path(tmp)))
                 rows.append({k: v for k, v in row.items() if k not in ("adapter", "data", "pythonpath", "settings",
                                                                         "meta", "path", "val_data")})
-                ctx.console.print(runner.row_line(rows[-1]), highlight=False)
+                ctx.console.print(runner.row_line(rows[-1]), highlight=False, markup=False)  # reasons: any text
                 progress.advance(task)
     check_measured(rows, cfg.benchmark.timeout_s)
     attach_records(rows, ctx.run.manifest()["stages"])

@@ -291,7 +291,7 @@ def audit_all(ctx) -> None:
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the file says so in the record
             entry["audit_error"] = f"{type(exc).__name__}: {exc}"
             continue
-        ctx.console.print(f"{name}: {entry['audit']['line']}", highlight=False)
+        ctx.console.print(f"{name}: {entry['audit']['line']}", highlight=False, markup=False)
 
 
 def run(ctx) -> list[Path]:
