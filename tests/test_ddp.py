@@ -68,17 +68,20 @@ if os.environ.get("RANK"):  # a torchrun worker: log each stage it runs, then ru
 
 
 def test_under_torchrun_rank_0_alone_runs_the_stages_after_training(tmp_path):
+    """Including the QAT fine-tune, which rank 0 trains by itself (no DistributedDataParallel without the others)."""
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook/sitecustomize.py").write_text(HOOK)
     log = tmp_path / "stages.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "hook"), "STAGE_LOG": str(log)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "pipeline.cli", "-c", "smoke", "-r", str(tmp_path / "run"), "--set", "teacher.epochs=1",
-           "--set", "student.epochs=1", "all", "--to", "simplify"]
+           "--set", "student.epochs=1", "--set", "quantize.qat=on", "--set", "quantize.tflite=[]",
+           "all", "--to", "quantize"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran = sorted(log.read_text().split("\n")[:-1])
     assert ran == sorted([f"{rank} {stage}" for rank in "01" for stage in ("teacher", "adapt", "distill")]
-                         + ["0 export", "0 simplify"])
+                         + ["0 export", "0 simplify", "0 quantize"])
     stages = json.loads((tmp_path / "run/manifest.json").read_text())["stages"]
-    assert sorted(stages) == ["adapt", "distill", "export", "simplify", "teacher"]
+    assert sorted(stages) == ["adapt", "distill", "export", "quantize", "simplify", "teacher"]
+    assert stages["quantize"]["metrics"]["artifacts"]["onnx_int8_qat"]["status"] == "ok"

@@ -39,6 +39,13 @@ def test_an_error_naming_a_path_with_brackets_prints_it_as_it_is(cli, tmp_path):
     assert f"config '{path}' not found" in result.output
 
 
+@pytest.mark.parametrize("key, stage", [("teacher.batch_size", "teacher"), ("student.batch_size", "distill")])
+def test_a_batch_larger_than_the_training_set_names_the_key_to_lower(cli, tmp_path, key, stage):
+    result = cli("-c", "smoke", "-r", str(tmp_path / "run"), "--set", f"{key}=4096", stage)
+    assert result.exit_code == 2, result.output
+    assert f"batch size 4096 is larger than the training set; lower {key}" in result.output
+
+
 def test_global_options_after_the_subcommand(cli, tmp_path):
     result = cli("config", "-c", "smoke", "--set", "teacher.epochs=3")
     assert result.exit_code == 0, result.output

@@ -68,10 +68,11 @@ def test_the_fine_tuned_float_weights_map_back_onto_the_student():
 def test_qat_epochs_count_passes_over_the_training_set():
     from pipeline.export.qat import schedule
 
-    assert schedule(0.25, 1000) == (1, 250)  # a quarter: one epoch on a quarter of the images
-    assert schedule(1, 1000) == (1, 1000) and schedule(3, 1000) == (3, 1000)
-    assert schedule(1.5, 1000) == (2, 750)  # spread over whole epochs of a subset
-    assert schedule(1e-6, 1000) == (1, 1)
+    assert schedule(0.25, 1000, 64) == (1, 250)  # a quarter: one epoch on a quarter of the images
+    assert schedule(1, 1000, 64) == (1, 1000) and schedule(3, 1000, 64) == (3, 1000)
+    assert schedule(1.5, 1000, 64) == (2, 750)  # spread over whole epochs of a subset
+    assert schedule(1e-6, 1000, 64) == (1, 64)  # at least one batch
+    assert schedule(0.25, 40, 64) == (1, 40)  # a set smaller than a batch: the whole set (fit then says so)
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
                          teacher_precision=getattr(teacher, "trained_precision", "fp32"))
     out_dir.mkdir(parents=True, exist_ok=True)
     result = fit(task, student, ds, cfg.student, out_dir, seed=seed, fingerprint=fingerprint, console=console,
-                 augment=cfg.distill.augment, device_name=cfg.device, label=label)
+                 augment=cfg.distill.augment, device_name=cfg.device, label=label, section="student")
     hist = result.history
     # Every method's training loss differs (KD, hints), so the comparable figure is the student's plain
     # cross-entropy on the training set after training, the same measure for every method.

@@ -90,10 +90,11 @@ def distilled_targets(path: Path) -> torch.Tensor | None:
     return soft if isinstance(soft, torch.Tensor) and soft.dim() == 2 else None
 
 
-def schedule(qat_epochs: float, images: int) -> tuple[int, int]:
-    """(whole epochs, training images per epoch) that make ``qat_epochs`` passes over ``images``."""
+def schedule(qat_epochs: float, images: int, batch: int) -> tuple[int, int]:
+    """(whole epochs, training images per epoch) that make ``qat_epochs`` passes over ``images``; at least one
+    ``batch`` an epoch where the set holds one (a quarter of a small set can be less)."""
     epochs = max(1, math.ceil(qat_epochs - 1e-9))
-    return epochs, max(1, min(images, round(images * qat_epochs / epochs)))
+    return epochs, min(images, max(batch, round(images * qat_epochs / epochs)))
 
 
 def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Path, *, seed: int,
@@ -106,7 +107,7 @@ def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Pa
     from pipeline.train.engine import fit
 
     started = time.perf_counter()
-    epochs, images = schedule(qcfg.qat_epochs, len(ds.train_y))
+    epochs, images = schedule(qcfg.qat_epochs, len(ds.train_y), cfg.student.batch_size)
     tcfg = dataclasses.replace(cfg.student, epochs=epochs, lr=qcfg.qat_lr, schedule="cosine",
                                warmup_fraction=0.0, precision="fp32", channels_last=False, weights="",
                                bn_recalibration_images=0)
@@ -125,7 +126,7 @@ def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Pa
         task.cache = TargetCache(sub.train_x, ds.mean, ds.std, {"logits": soft_targets[keep].float()})
     cache_s = 0.0 if cached else task.setup(sub, torch.device("cpu"), augment="none", channels_last=False)
     result = fit(task, net, sub, tcfg, out_dir, seed=seed, fingerprint=fingerprint, console=console,
-                 augment="none", device_name="cpu", label="qat")
+                 augment="none", device_name="cpu", label="qat", section="student", distributed=False)
     net.eval()
     metrics = {"epochs": qcfg.qat_epochs, "images_per_epoch": images, "lr": tcfg.lr,
                "soft_targets": "distill stage" if cached else "computed", "cache_seconds": round(cache_s, 2),

@@ -102,10 +102,11 @@ class Trainer:
                 "channels_last": self.cfg.channels_last}
 
 
-def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label, resumed: dict | None) -> Trainer:
+def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label, section, distributed,
+             resumed: dict | None) -> Trainer:
     """Place ``task`` on its device in its precision and memory format, and build its optimizer and schedule.
     ``resumed`` is the state a resumed training continues from: it keeps the precision it started in."""
-    d = init_distributed()
+    d = init_distributed() if distributed else Dist()
     device = pick_device(device_name, d)
     torch.manual_seed(seed)
     task.to(device)
@@ -118,7 +119,8 @@ def _trainer(task, model, ds, cfg, *, seed, console, augment, device_name, label
         task.to(memory_format=torch.channels_last)
     steps_per_epoch = (len(ds.train_y) // d.world) // cfg.batch_size
     if steps_per_epoch < 1:
-        raise UserError(f"batch size {cfg.batch_size} is larger than the training set; lower {label}.batch_size")
+        raise UserError(f"batch size {cfg.batch_size} is larger than the training set; lower "
+                        f"{section or label}.batch_size")
     trainable = param_groups(task, model, cfg.lr, getattr(cfg, "backbone_lr", 1.0))
     opt, sched = make_optimizer(trainable, cfg, steps_per_epoch * cfg.epochs)
     precision, record = _precision(task, ds, cfg, device, d, resumed)
@@ -157,17 +159,19 @@ def _precision(task, ds, cfg, device, d: Dist, resumed: dict | None) -> tuple[st
 
 def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfig, out_dir: Path, *,
         seed: int, fingerprint: str, console: Console, augment: str = "none", device_name: str = "auto",
-        label: str = "train", on_epoch=None) -> FitResult:
+        label: str = "train", section: str | None = None, distributed: bool = True, on_epoch=None) -> FitResult:
     """Train ``task`` (loss module) and evaluate ``model`` (the net inside it) on the validation split after
     every epoch, its BatchNorm statistics recomputed first; the test split is evaluated once, on the final
     model (``FitResult.test``).
 
     Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` (best validation top-1)
     into ``out_dir``. A ``last.pt`` written for the same ``fingerprint`` is resumed; one for another is ignored.
+    ``section``: the config section of ``cfg``, named in errors (default ``label``); ``distributed=False`` trains
+    in this process alone under torchrun (a stage that rank 0 runs by itself).
     """
     state = _resume_state(out_dir / "last.pt", fingerprint, console)
     t = _trainer(task, model, ds, cfg, seed=seed, console=console, augment=augment, device_name=device_name,
-                 label=label, resumed=state)
+                 label=label, section=section, distributed=distributed, resumed=state)
     d, cfg = t.d, t.cfg
     result = FitResult(precision=t.precision, probe=t.probe)
     start = _resume(state, t, result, console if d.main else None, label)
