@@ -178,6 +178,33 @@ def test_decode_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path):
     assert imagefolder.cache_usage(tmp_path / "cache") == (3, on_disk)
 
 
+def _decode_after(go, root: Path, cache: Path, log: Path) -> None:
+    go.wait()
+    sc = photo_scan.scan(root, 0.2, 0.1, 0)
+    imagefolder.decode(sc, 16, cache, 0.5, log=lambda m: log.open("a").write(m + "\n"), workers=1)
+
+
+def test_processes_decoding_one_folder_at_once_decode_it_once(tmp_path):
+    """torchrun's ranks load the same folder at the same moment: one decodes, the others wait and read it."""
+    import multiprocessing
+
+    root = tmp_path / "photos"
+    _folder(root, n=150)
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_decode_after, args=(go, root, tmp_path / "cache", tmp_path / f"log{i}"))
+             for i in range(3)]
+    for proc in procs:
+        proc.start()
+    go.set()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    logs = "".join((tmp_path / f"log{i}").read_text() for i in range(3) if (tmp_path / f"log{i}").exists())
+    assert logs.count("decoded 300 images") == 1, logs
+    assert len(_entries(tmp_path / "cache")) == 1
+
+
 def _entries(cache: Path) -> dict[str, int]:
     """Decode-cache entries with their index.json's inode: a rebuilt entry gets a new one."""
     return {p.parent.name: p.stat().st_ino for p in cache.glob("*/index.json")}

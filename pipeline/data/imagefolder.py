@@ -44,6 +44,7 @@ if typing.TYPE_CHECKING:
 
 import concurrent.futures as cf
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -98,8 +99,14 @@ def _drop_stale(cache_dir: Path, index: dict, keep: str, log) -> None:
                     and old.get("image_size") == index["image_size"] and old.get("content") != index["content"]):
                 freed += sum(f.stat().st_size for f in other.parent.iterdir())
                 shutil.rmtree(other.parent)
+                other.parent.with_name(other.parent.name + ".lock").unlink(missing_ok=True)
     if freed:
         log(f"removed the decode of an earlier state of this folder from the cache ({freed / 2**20:.1f} MB)")
+
+
+def _unwritable(folder: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write the decode cache in {folder.parent} ({exc.strerror}); set data.cache_dir to a "
+                     "writable folder with space for it")
 
 
 def decode_one(path: str, size: int) -> np.ndarray | None:
@@ -127,16 +134,37 @@ def _decode_chunk(out_path: str, total: int, size: int, jobs: list[tuple[int, st
     return bad
 
 
+@contextlib.contextmanager
+def _decoding(folder: Path, log):
+    """Hold the lock of cache entry ``folder`` while it is decoded: every torchrun rank on a machine (or two runs
+    of one folder) would otherwise decode it at once, each with all cores and its own temporary copy. flock is
+    released by the kernel when its holder dies, so a killed decode never blocks the next one."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(folder.with_name(folder.name + ".lock"), "a")
+    except OSError as exc:
+        raise _unwritable(folder, exc) from exc
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("waiting for another process that is decoding this folder")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def decode(sc: Scan, size: int, cache_dir: Path, max_bad_fraction: float, log=print, workers: int | None = None):
     """(images memmap N x 3 x S x S in split order, labels, split lengths, index) from the cache, decoding
     the folder first if the cache has no entry for it."""
     folder = cache_dir / cache_key(sc, size)
     if not (folder / "index.json").is_file():
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        try:
-            _build(sc, size, folder, tmp, max_bad_fraction, log, workers)
-        finally:  # an error, Ctrl-C or SIGTERM midway leaves no half-written entry behind
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _decoding(folder, log):  # one process decodes a folder; the others (torchrun's ranks) then read it
+            if not (folder / "index.json").is_file():
+                tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+                try:
+                    _build(sc, size, folder, tmp, max_bad_fraction, log, workers)
+                finally:  # an error, Ctrl-C or SIGTERM midway leaves no half-written entry behind
+                    shutil.rmtree(tmp, ignore_errors=True)
     index = json.loads((folder / "index.json").read_text())
     n = sum(index["lengths"].values())
     images = np.memmap(folder / "images.u8", np.uint8, "c", shape=(n, 3, size, size))
@@ -156,8 +184,7 @@ def _build(sc: Scan, size: int, folder: Path, tmp: Path, max_bad_fraction: float
         tmp.mkdir(parents=True)
         np.memmap(tmp / "images.u8", np.uint8, "w+", shape=(total, 3, size, size)).flush()
     except OSError as exc:
-        raise UserError(f"cannot write the decode cache in {folder.parent} ({exc.strerror}); set data.cache_dir "
-                        "to a writable folder with space for it") from exc
+        raise _unwritable(folder, exc) from exc
     workers = workers or min(os.cpu_count() or 1, 8)
     chunks = [[(i, ordered[i][1]) for i in range(start, min(start + 256, total))] for start in range(0, total, 256)]
     bad: list[int] = []
