@@ -143,6 +143,9 @@ def compare():
     """Train every method of the 'compare' section x its seeds on one budget; write compare.json/.md and PNGs."""
     from pipeline import compare as compare_mod
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would take the run's lock and the others refuse
+        raise UserError("compare trains in one process; run 'compress compare' without torchrun (torchrun scales "
+                        "'compress all' and its stages)")
     cfg, run = _setup()
     with run.locked():
         compare_mod.run(cfg, run, console)

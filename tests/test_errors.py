@@ -46,6 +46,13 @@ def test_a_batch_larger_than_the_training_set_names_the_key_to_lower(cli, tmp_pa
     assert f"batch size 4096 is larger than the training set; lower {key}" in result.output
 
 
+def test_compare_under_torchrun_says_to_run_it_alone(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; every rank would take the run's lock
+    result = cli("-c", "smoke", "-r", str(tmp_path / "run"), "compare")
+    assert result.exit_code == 2 and "run 'compress compare' without torchrun" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_global_options_after_the_subcommand(cli, tmp_path):
     result = cli("config", "-c", "smoke", "--set", "teacher.epochs=3")
     assert result.exit_code == 0, result.output
