@@ -85,3 +85,14 @@ def test_under_torchrun_rank_0_alone_runs_the_stages_after_training(tmp_path):
     stages = json.loads((tmp_path / "run/manifest.json").read_text())["stages"]
     assert sorted(stages) == ["adapt", "distill", "export", "quantize", "simplify", "teacher"]
     assert stages["quantize"]["metrics"]["artifacts"]["onnx_int8_qat"]["status"] == "ok"
+
+
+def test_a_stage_failing_under_torchrun_leaves_no_scratch_folder_of_a_rank(tmp_path):
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "pipeline.cli", "-c", "smoke", "-r", str(tmp_path / "run"), "--set", "teacher.batch_size=4096",
+           "teacher"]  # fails in training, after rank 1 wrote the data report into its scratch folder
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "lower teacher.batch_size" in proc.stderr, proc.stderr[-2000:]
+    assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("compress-rank")]

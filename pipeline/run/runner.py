@@ -81,7 +81,7 @@ class Context:
         return self._scratch
 
     def discard_scratch(self) -> None:
-        """Remove the scratch folder of a rank other than 0, once the stage is done."""
+        """Remove the scratch folder of a rank other than 0 (rank 0 has none), once the stage has ended."""
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
@@ -265,7 +265,10 @@ class Runner:
         ctx = Context(self.cfg, self.run, name, fingerprint, self.console, self.debug)
         self.console.rule(f"[bold]{name}")
         started = time.time()
-        outputs = mod.run(ctx)
+        try:
+            outputs = mod.run(ctx)
+        finally:  # a rank's scratch copy is of no use once the stage has ended, done or failed
+            ctx.discard_scratch()
         if is_main_process():
             entry = {
                 "fingerprint": ctx.fingerprint,
@@ -278,8 +281,6 @@ class Runner:
             self.run.cache.save(name, entry, self.run.root)
             self.run.record(name, entry)
             self.console.print(f"{name}: done in {entry['seconds']:.1f} s")
-        else:
-            ctx.discard_scratch()
         _barrier(name)
 
     def status_rows(self) -> list[tuple[str, str, str, str, str]]:
