@@ -205,6 +205,19 @@ def test_processes_decoding_one_folder_at_once_decode_it_once(tmp_path):
     assert len(_entries(tmp_path / "cache")) == 1
 
 
+def test_a_cache_on_a_file_system_without_locks_still_decodes(tmp_path, monkeypatch):
+    import errno
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(imagefolder.fcntl, "flock", no_locks)
+    root = tmp_path / "photos"
+    _folder(root, n=12)
+    assert len(data.load(_cfg(root, tmp_path), seed=0).train_y) > 0
+    assert len(_entries(tmp_path / "cache")) == 1
+
+
 def _entries(cache: Path) -> dict[str, int]:
     """Decode-cache entries with their index.json's inode: a rebuilt entry gets a new one."""
     return {p.parent.name: p.stat().st_ino for p in cache.glob("*/index.json")}

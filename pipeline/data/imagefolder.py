@@ -150,6 +150,8 @@ def _decoding(folder: Path, log):
         except BlockingIOError:
             log("waiting for another process that is decoding this folder")
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): decode unguarded, as before
+            pass
         yield
 
 
