@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.train import probe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +69,7 @@ if os.environ.get("RANK"):  # a torchrun worker: log each stage it runs, then ru
 '''
 
 
+@pytest.mark.slow
 def test_under_torchrun_rank_0_alone_runs_the_stages_after_training(tmp_path):
     """Including the QAT fine-tune, which rank 0 trains by itself (no DistributedDataParallel without the others)."""
     (tmp_path / "hook").mkdir()
