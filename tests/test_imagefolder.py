@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from console_text import squeeze
 from PIL import Image
 
 from pipeline import data, predict
@@ -190,7 +191,7 @@ def test_processes_decoding_one_folder_at_once_decode_it_once(tmp_path):
 
     root = tmp_path / "photos"
     _folder(root, n=150)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # a fork of this process, with its thread pools, can hang
     go = ctx.Event()
     procs = [ctx.Process(target=_decode_after, args=(go, root, tmp_path / "cache", tmp_path / f"log{i}"))
              for i in range(3)]
@@ -241,7 +242,6 @@ def test_status_shows_the_decode_cache(cli, tmp_path):
     result = cli("-c", "smoke", "-r", str(tmp_path / "run"), "--set", "data.dataset=imagefolder", "--set",
                  f"data.root={root}", "--set", f"data.cache_dir={tmp_path / 'cache'}", "status")
     assert result.exit_code == 0, result.output
-    squeeze = lambda text: "".join(text.split())  # noqa: E731  (rich wraps long lines anywhere in a path)
     assert squeeze(f"decode cache: {tmp_path / 'cache'} (1 decoded folder(s)") in squeeze(result.output)
 
 
