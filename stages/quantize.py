@@ -210,9 +210,8 @@ def tflite_one(ctx, inp: Inputs, precision: str, result: dict) -> None:
         # PT2E's static quantizer here calibrates with min/max only, so the fallback is to not ship the file
         if drop > ctx.cfg.quantize.max_drop:
             final.unlink()
-            why = ("its ranges are learned, with no calibration to fall back on: fine-tune longer with "
-                   "quantize.qat_epochs" if precision == "int8_qat" else "the TFLite int8 route offers no other "
-                   "calibration")
+            why = ("its ranges are learned, with no calibration to fall back on: fine-tune longer with quantize."
+                   "qat_epochs") if precision == "int8_qat" else "the TFLite int8 route offers no other calibration"
             raise GateFailed(f"accuracy drop {drop:.2f} points > quantize.max_drop {ctx.cfg.quantize.max_drop} "
                              f"({why}); not written")
         record_test(entry, inp, logits)

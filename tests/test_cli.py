@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from console_text import squeeze
 
 from pipeline.run.rundir import RunDir
 
@@ -102,7 +103,6 @@ def test_the_next_lock_removes_what_a_killed_run_left_in_its_scratch_folder(tmp_
 def test_a_run_folder_named_with_brackets_prints_as_it_is(cli, tmp_path):
     """Rich reads '[x]' as a style (dropping it) and '[/old]' as a closing tag (crashing the command)."""
     run = tmp_path / "a[" / "old]" / "[x] run"
-    squeeze = lambda text: "".join(text.split())  # noqa: E731 - the console wraps long lines at its width
     result = cli("-c", "smoke", "-r", str(run), "all", "--to", "export")
     assert result.exit_code == 0, result.output
     assert squeeze(f"onnx_fp32: {run / 'export' / 'onnx_fp32.onnx'}") in squeeze(result.output)

@@ -10,13 +10,14 @@ import pytest
 from pipeline.train import probe
 
 ROOT = Path(__file__).resolve().parent.parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "pipeline.cli", "-c", "smoke"]
 
 
 def test_teacher_under_torchrun_two_processes(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pipeline.cli", "-c", "smoke", "-r", str(run), "--set", "teacher.epochs=4",
+    cmd = [*TORCHRUN, "-r", str(run), "--set", "teacher.epochs=4",
            "--set", "teacher.batch_size=32", "teacher"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -33,8 +34,7 @@ def test_auto_precision_under_torchrun_is_rank_0s_probe(tmp_path):
     """Rank 0 alone probes and broadcasts its choice (ranks choosing apart would deadlock or diverge)."""
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pipeline.cli", "-c", "smoke", "-r", str(run), "--set", "teacher.epochs=1",
+    cmd = [*TORCHRUN, "-r", str(run), "--set", "teacher.epochs=1",
            "--set", "teacher.batch_size=32", "--set", "teacher.precision=auto", "teacher"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -76,8 +76,7 @@ def test_under_torchrun_rank_0_alone_runs_the_stages_after_training(tmp_path):
     (tmp_path / "hook/sitecustomize.py").write_text(HOOK)
     log = tmp_path / "stages.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "hook"), "STAGE_LOG": str(log)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pipeline.cli", "-c", "smoke", "-r", str(tmp_path / "run"), "--set", "teacher.epochs=1",
+    cmd = [*TORCHRUN, "-r", str(tmp_path / "run"), "--set", "teacher.epochs=1",
            "--set", "student.epochs=1", "--set", "quantize.qat=on", "--set", "quantize.tflite=[]",
            "all", "--to", "quantize"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -93,8 +92,7 @@ def test_under_torchrun_rank_0_alone_runs_the_stages_after_training(tmp_path):
 def test_a_stage_failing_under_torchrun_leaves_no_scratch_folder_of_a_rank(tmp_path):
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pipeline.cli", "-c", "smoke", "-r", str(tmp_path / "run"), "--set", "teacher.batch_size=4096",
+    cmd = [*TORCHRUN, "-r", str(tmp_path / "run"), "--set", "teacher.batch_size=4096",
            "teacher"]  # fails in training, after rank 1 wrote the data report into its scratch folder
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "lower teacher.batch_size" in proc.stderr, proc.stderr[-2000:]
