@@ -17,7 +17,10 @@ from pipeline import config_fields
 from pipeline.config_fields import Names, check
 from pipeline.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The shipped configs: pipeline/configs in an installed wheel (pyproject.toml), configs/ beside the package in a
+# checkout.
+_HERE = Path(__file__).resolve().parent
+CONFIG_DIR = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
 
 
 FRACTION = {"gt": 0.0, "lt": 1.0}
