@@ -149,7 +149,7 @@ def build(name: str, size: int, seed: int = SEED):
 # ---- files ----------------------------------------------------------------------------------------------------
 
 def calibration(size: int, n: int = CALIB_IMAGES, seed: int = SEED + 2) -> np.ndarray:
-    """``n`` random normalised images, NCHW float32 (TFLite gets the same images as NHWC)."""
+    """``n`` random normalised images, NCHW float32, for both converters."""
     return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
 
 
@@ -158,13 +158,11 @@ def make_tflite(model, size: int, calib: np.ndarray, folder: Path) -> dict:
     from pipeline.export import litert_convert
 
     out, errors = {}, []
-    nhwc = calib.transpose(0, 2, 3, 1).copy()
     for precision in ("fp32", "int8"):
         started = time.perf_counter()
         try:
-            wrapped, args = litert_convert._nhwc(model, (3, size, size))
             path = folder / f"tflite_{precision}.tflite"
-            litert_convert.CONVERTERS[precision](wrapped, args, nhwc).export(str(path))
+            litert_convert.convert_model(model, precision, (3, size, size), calib).export(str(path))
         except Exception as exc:  # noqa: BLE001 - the other precision may still convert
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             errors.append(f"{precision}: {type(exc).__name__}: {first}")

@@ -58,9 +58,8 @@ def main() -> None:
     calib = np.random.default_rng(0).standard_normal((32, c, size, size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        wrapped, example = litert_convert._nhwc(model.eval(), (c, size, size))
-        litert_convert.CONVERTERS["int8"](wrapped, example, calib.transpose(0, 2, 3, 1).copy()).export(
-            str(tmp / "tflite_int8.tflite"))
+        int8 = litert_convert.convert_model(model.eval(), "int8", (c, size, size), calib)
+        int8.export(str(tmp / "tflite_int8.tflite"))
         ort_quant.preprocess(run / "simplify" / "onnx_simplified.onnx", tmp / "pre.onnx")
         ort_quant.static(tmp / "pre.onnx", tmp / "onnx_int8_x86.onnx", calib, "x86", "MinMax", True, [])
         files = {"tflite_fp32": run / "quantize" / "tflite_fp32.tflite",

@@ -123,12 +123,9 @@ def test_tflite_hardswish_leaves_xnnpack_unless_rewritten(tmp_path, monkeypatch)
     HARD_SWISH ops on TFLite's builtin kernels, which split the graph; the pipeline's rewrite keeps it whole."""
     from pipeline.export import litert_convert
 
-    calib = _calib().transpose(0, 2, 3, 1).copy()
-
     def convert(act, name):
         torch.manual_seed(0)
-        wrapped, args = litert_convert._nhwc(Tiny(act=act).eval(), (3, 16, 16))
-        litert_convert._int8(wrapped, args, calib).export(str(tmp_path / name))
+        litert_convert.convert_model(Tiny(act=act).eval(), "int8", (3, 16, 16), _calib()).export(str(tmp_path / name))
         return int8_audit.tflite_audit(tmp_path / name)
 
     relu, rewritten = convert(nn.ReLU, "relu.tflite"), convert(nn.Hardswish, "rewritten.tflite")

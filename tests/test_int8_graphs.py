@@ -69,9 +69,8 @@ def test_a_registered_students_int8_tflite_file_is_one_xnnpack_partition(tmp_pat
     with torch.no_grad():
         for _ in range(3):  # statistics that are not the reset ones
             net(torch.randn(8, 3, size, size))
-    wrapped, args = litert_convert._nhwc(net.eval(), (3, size, size))
-    calib = np.random.default_rng(0).standard_normal((8, size, size, 3)).astype(np.float32)
-    litert_convert.CONVERTERS["int8"](wrapped, args, calib).export(str(tmp_path / "int8.tflite"))
+    calib = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
+    litert_convert.convert_model(net.eval(), "int8", (3, size, size), calib).export(str(tmp_path / "int8.tflite"))
     audit = int8_audit.tflite_audit(tmp_path / "int8.tflite")
     assert audit["int8_file"], "no int8 conv in the file"
     assert audit["partitions"] == 1 and not audit["outside_int8"], int8_audit.summary(audit)
@@ -112,9 +111,8 @@ def test_a_float_file_with_a_padded_max_pool_is_one_xnnpack_partition_and_the_sa
 
     torch.manual_seed(0)
     model = Pooled(relu=True).eval()
-    wrapped, args = litert_convert._nhwc(model, (3, 16, 16))
     path = tmp_path / f"{precision}.tflite"
-    litert_convert.CONVERTERS[precision](wrapped, args, None).export(str(path))
+    litert_convert.convert_model(model, precision, (3, 16, 16)).export(str(path))
     audit = int8_audit.tflite_audit(path)
     assert audit["partitions"] == 1 and not audit["outside"], int8_audit.summary(audit)
     x = torch.randn(1, 16, 16, 3)
@@ -123,4 +121,5 @@ def test_a_float_file_with_a_padded_max_pool_is_one_xnnpack_partition_and_the_sa
     interp.set_tensor(interp.get_input_details()[0]["index"], x.numpy())
     interp.invoke()
     got = interp.get_tensor(interp.get_output_details()[0]["index"])
-    np.testing.assert_allclose(got, wrapped(x).detach().numpy(), atol=1e-2 if precision == "fp16" else 1e-4)
+    want = model(x.permute(0, 3, 1, 2)).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-2 if precision == "fp16" else 1e-4)
