@@ -24,21 +24,19 @@ import numpy as np
 
 ONE = """
 import json, sys, time
+import numpy as np
 from pathlib import Path
-from pipeline import config, data, models
-from pipeline.export import artifacts, litert_convert
+from pipeline import models
+from pipeline.export import litert_convert
 spec = json.loads(sys.argv[1])
-cfg = config.load(spec["config"], spec["set"])
-ds = data.load(cfg.data, cfg.seed)
-calib = artifacts.calibration_images(ds, cfg.quantize.calibration_images, cfg.seed)
-model, _ = models.load_model(Path(spec["run"]) / "distill" / "student.pt")
+calib = np.load(spec["calibration"])
+model, _ = models.load_model(Path(spec["checkpoint"]))
 started = time.perf_counter()
-converted = litert_convert._int8(model.eval(), (ds.channels, ds.size, ds.size), calib, batch=spec["batch"])
+converted = litert_convert._int8(model.eval(), calib.shape[1:], calib, batch=spec["batch"])
 seconds = time.perf_counter() - started
 Path(spec["out"]).write_bytes(bytes(converted.model_content()))
 print(json.dumps({"seconds": round(seconds, 2)}))
 """
-
 
 def scales(path: Path) -> dict[str, np.ndarray]:
     from ai_edge_litert.interpreter import Interpreter
@@ -74,10 +72,12 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=["val", "test"], choices=["train", "val", "test"])
     args = parser.parse_args()
     from pipeline import config, data, models
+    from pipeline.export import artifacts
 
     cfg = config.load(args.config, args.set)
     ds = data.load(cfg.data, cfg.seed)
-    model, _ = models.load_model(args.run_dir / "distill" / "student.pt")
+    checkpoint = args.run_dir / "distill" / "student.pt"
+    model, _ = models.load_model(checkpoint)
     model.eval()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     print(f"{args.run_dir}: {cfg.quantize.calibration_images} calibration images\n")
@@ -86,9 +86,11 @@ def main() -> None:
     print("|---|---|---|---|" + "---|" * len(args.splits))
     first_s = first_scales = None
     with tempfile.TemporaryDirectory() as tmp:
+        calibration = Path(tmp) / "calibration.npy"  # the quantize stage's own images
+        np.save(calibration, artifacts.calibration_images(ds, cfg.quantize.calibration_images, cfg.seed))
         for batch in args.batch:
             out = Path(tmp) / f"b{batch}.tflite"
-            spec = {"config": args.config, "set": args.set, "run": str(args.run_dir), "batch": batch, "out": str(out)}
+            spec = {"checkpoint": str(checkpoint), "calibration": str(calibration), "batch": batch, "out": str(out)}
             done = subprocess.run([sys.executable, "-c", ONE, json.dumps(spec)], env=env, capture_output=True,
                                   text=True, check=True)
             seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]

@@ -58,19 +58,6 @@ def _zero_framed_pools(model, args):
     return graph if max_pool_padding_as_zero_pad(graph) else model
 
 
-def _fp32(model, args):
-    import litert_torch
-
-    return litert_torch.convert(_zero_framed_pools(model, args), args)
-
-
-def _fp16(model, args):
-    import litert_torch
-    from litert_torch.generative.quantize import quant_recipes
-
-    return litert_torch.convert(_zero_framed_pools(model, args), args, quant_config=quant_recipes.full_fp16_recipe())
-
-
 def _hard_activations_as_int8_ops(model):
     """A copy of ``model`` with every nn.Hardswish and nn.Hardsigmoid written as x * relu6(x + 3) * (1/6) and
     relu6(x + 3) * (1/6), with the constants shaped like x (1, 1, 1, 1 on feature maps).
@@ -223,7 +210,8 @@ def _int8_qat(model, shape_chw, state_path):
 def _int8(model, shape_chw, calib, batch: int = 32):
     """Full-integer int8 after post-training calibration on ``calib`` (normalised NCHW float images), fed in
     batches of ``batch``: one image a call spent 6.9 of the 8 s of calibration on MobileNetV3-Small's 269 histogram
-    observers (256 images at 96 px); the histograms' ranges and so the scales are the same up to their rebinning."""
+    observers (256 images at 96 px). The observed ranges are the same either way; a histogram is rebinned less often,
+    so a chosen scale can move, with the same accuracy within noise (benchmarks/results/quantize_speed.md)."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -235,15 +223,19 @@ def _int8(model, shape_chw, calib, batch: int = 32):
     return _tflite(convert_pt2e(prepared, fold_quantize=False), shape_chw, quantizer)
 
 
-FLOAT = {"fp32": _fp32, "fp16": _fp16}
-
-
 def convert_model(model, precision: str, shape_chw, calib=None):
     """``model`` (NCHW, float, in eval mode) as a litert-torch TFLite model of ``precision`` (fp32, fp16 or int8);
     ``calib``: int8's normalised NCHW float calibration images."""
+    import litert_torch
+    from litert_torch.generative.quantize import quant_recipes
+
     if precision == "int8":
         return _int8(model, shape_chw, calib)
-    return FLOAT[precision](*_nhwc(model, shape_chw))
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"unknown TFLite precision {precision}")
+    wrapped, args = _nhwc(model, shape_chw)
+    recipe = quant_recipes.full_fp16_recipe() if precision == "fp16" else None
+    return litert_torch.convert(_zero_framed_pools(wrapped, args), args, quant_config=recipe)
 
 
 def quant_params(model_bytes: bytes) -> dict:
