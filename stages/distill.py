@@ -62,9 +62,9 @@ def run(ctx) -> list[Path]:
     if not init_distributed().main:  # other ranks trained alongside; rank 0 writes the files
         return []
     outputs = [p for name, r in runs.items() for p in _save(ctx, r, name, cfg, ds)]
-    outputs.append(training_curves({f"{method} student" if n == "student" else "student alone": r["history"]
-                                    for n, r in runs.items()}, ctx.dir / "curves.png",
-                                   f"{cfg.student.arch} student: {method} vs alone"))
+    names = {"student": "student alone" if method == "student" else f"{method} student", "baseline": "student alone"}
+    outputs.append(training_curves({names[n]: r["history"] for n, r in runs.items()}, ctx.dir / "curves.png",
+                                   f"{cfg.student.arch} student: {method} vs alone", cross_entropy=("student alone",)))
     _record(ctx, runs, method)
     return outputs
 

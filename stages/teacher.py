@@ -32,7 +32,8 @@ def run(ctx) -> list[Path]:
     final = {**result.final, **result.test}
     ckpt = models.save_checkpoint(ctx.dir / "model.pt", model, tcfg.arch, tcfg.width, ds.meta(),
                                   test_top1=final["test_top1"], precision=result.precision)
-    plot = training_curves({"teacher": result.history}, ctx.dir / "curves.png", f"teacher {tcfg.arch}")
+    plot = training_curves({"teacher": result.history}, ctx.dir / "curves.png", f"teacher {tcfg.arch}",
+                           cross_entropy=("teacher",) if tcfg.label_smoothing == 0 else ())
     ctx.metrics.update(test_top1=final["test_top1"], test_loss=final["test_loss"], val_top1=final.get("val_top1"),
                        epochs=len(result.history), bn_check=result.bn_check, precision=result.precision,
                        precision_probe=result.probe,

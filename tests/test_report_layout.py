@@ -64,3 +64,22 @@ def test_numbers_of_coinciding_points_do_not_overlap():
     plt.close(fig)
     assert not any(pareto._overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
+
+
+def test_training_curves_compare_students_on_cross_entropy_not_on_their_training_objectives():
+    """A distilled student's training loss adds its teacher's terms: only validation cross-entropy is comparable."""
+    from pipeline.report.plots import curves_figure, pyplot
+
+    def history(train, val):
+        return [{"epoch": e + 1, "train_loss": t, "val_loss": v, "val_top1": 0.9} for e, (t, v) in
+                enumerate(zip(train, val))]
+
+    fig = curves_figure({"ama student": history([3.0, 0.7], [0.31, 0.24]),
+                         "student alone": history([0.87, 0.36], [0.45, 0.30])}, "t", cross_entropy=("student alone",))
+    loss_ax, acc_ax = fig.axes
+    drawn = {line.get_label(): list(line.get_ydata()) for line in loss_ax.get_lines()}
+    ticks = [t for t in loss_ax.get_xticks() if 1 <= t <= 2]
+    pyplot().close(fig)
+    assert drawn == {"ama student, validation": [0.31, 0.24], "student alone, validation": [0.45, 0.30],
+                     "student alone, training": [0.87, 0.36]}
+    assert ticks == [1, 2]  # whole epochs, no 1.5

@@ -15,22 +15,40 @@ def pyplot():
     return plt
 
 
-def training_curves(histories: dict[str, list[dict]], path: Path, title: str) -> Path:
-    """Training loss and validation accuracy per epoch, one line per named history."""
+def training_curves(histories: dict[str, list[dict]], path: Path, title: str,
+                    cross_entropy: tuple[str, ...] = ()) -> Path:
+    """Loss and validation accuracy per epoch, one colour per named history.
+
+    Validation loss is plain cross-entropy for every history, so it is the comparable one and is always drawn.
+    Training loss is drawn (dashed) only for the histories named in `cross_entropy`: a distilled student's
+    training loss adds its teacher's terms, and beside a plain cross-entropy it would look worse when it is not.
+    """
+    fig = curves_figure(histories, title, cross_entropy)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    pyplot().close(fig)
+    return path
+
+
+def curves_figure(histories: dict[str, list[dict]], title: str, cross_entropy: tuple[str, ...] = ()):
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=name)
+        line, = ax_loss.plot(epochs, [r.get("val_loss", float("nan")) for r in rows], marker="o",
+                             label=f"{name}, validation")
+        if name in cross_entropy:
+            ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", linestyle="--", color=line.get_color(),
+                         label=f"{name}, training")
         ax_acc.plot(epochs, [100 * r.get("val_top1", float("nan")) for r in rows], marker="o", label=name)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="cross-entropy on the labels")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return fig
