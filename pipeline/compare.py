@@ -262,7 +262,7 @@ def bar_label(row: dict) -> str:
 
 def plots(results: dict[str, list[dict]], summary: dict, out: Path) -> list[Path]:
     from pipeline.files import atomic_path
-    from pipeline.report.plots import pyplot
+    from pipeline.report.plots import pyplot, whole_epochs
 
     plt = pyplot()
     names = list(summary)
@@ -290,6 +290,7 @@ def plots(results: dict[str, list[dict]], summary: dict, out: Path) -> list[Path
         ax_curve.plot(epochs, mean, marker="o", ls="--" if len(rs) == 1 else "-", label=f"{m} (n={len(rs)})")
     ax_curve.set(xlabel="epoch", ylabel="validation accuracy (%)", title="mean validation accuracy per epoch")
     ax_curve.legend(fontsize=7)
+    whole_epochs(ax_curve)
     for ax in (ax_bar, ax_curve):
         ax.grid(alpha=0.3)
     fig.tight_layout()

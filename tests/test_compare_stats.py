@@ -37,7 +37,11 @@ def test_pairs_only_the_seeds_both_have_and_kd_is_a_reference():
     assert "seeds 0, 1, 2." in md  # the seeds with results, whatever compare.seeds says
 
 
-def test_plot_marks_a_one_seed_method_and_draws_every_method(tmp_path):
+def test_plot_marks_a_one_seed_method_and_draws_every_method(tmp_path, monkeypatch):
+    from pipeline.report.plots import pyplot
+
+    plt, kept = pyplot(), []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figure to look at its curves
     runs = {"student": _runs([0.90, 0.91, 0.92]), "kd": _runs([0.915]),
             "ama(kd_target=original,route_weight=1.0)": _runs([0.92, 0.93, 0.925])}
     for rs in runs.values():
@@ -48,6 +52,11 @@ def test_plot_marks_a_one_seed_method_and_draws_every_method(tmp_path):
     assert compare.bar_label(s["student"]) == "91.00 ± 1.00  (n=3)"
     (path,) = compare.plots(runs, s, tmp_path)
     assert path.stat().st_size > 1000
+    curves = kept[0].axes[1]
+    assert len(curves.get_lines()) == 3
+    assert [t for t in curves.get_xticks() if 1 <= t <= 2] == [1, 2]  # whole epochs, no 1.5
+    monkeypatch.undo()
+    plt.close(kept[0])
 
 
 def test_table_gives_one_seed_no_spread_and_picks_the_best_reading_among_equal_seed_counts():

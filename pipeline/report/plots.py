@@ -15,6 +15,13 @@ def pyplot():
     return plt
 
 
+def whole_epochs(ax) -> None:
+    """Epoch ticks at whole numbers only (matplotlib's default puts them at 1.5, 2.5 on a short run)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def training_curves(histories: dict[str, list[dict]], path: Path, title: str,
                     cross_entropy: tuple[str, ...] = ()) -> Path:
     """Loss and validation accuracy per epoch, one colour per named history.
@@ -32,8 +39,6 @@ def training_curves(histories: dict[str, list[dict]], path: Path, title: str,
 
 def curves_figure(histories: dict[str, list[dict]], title: str, cross_entropy: tuple[str, ...] = ()):
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
@@ -46,7 +51,7 @@ def curves_figure(histories: dict[str, list[dict]], title: str, cross_entropy: t
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="cross-entropy on the labels")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        whole_epochs(ax)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
