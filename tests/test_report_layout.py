@@ -83,3 +83,15 @@ def test_training_curves_compare_students_on_cross_entropy_not_on_their_training
     assert drawn == {"ama student, validation": [0.31, 0.24], "student alone, validation": [0.45, 0.30],
                      "student alone, training": [0.87, 0.36]}
     assert ticks == [1, 2]  # whole epochs, no 1.5
+
+
+def test_training_curves_without_a_validation_split_draw_what_there_is():
+    from pipeline.report.plots import curves_figure, pyplot
+
+    rows = [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.5}]
+    fig = curves_figure({"ama student": rows, "student alone": rows}, "t", cross_entropy=("student alone",))
+    loss_ax, acc_ax = fig.axes
+    drawn = [line.get_label() for line in loss_ax.get_lines()]
+    said = [t.get_text() for t in acc_ax.texts]
+    pyplot().close(fig)
+    assert drawn == ["student alone, training"] and said == ["no validation split (data.val_fraction: 0)"]

@@ -41,19 +41,25 @@ def curves_figure(histories: dict[str, list[dict]], title: str, cross_entropy: t
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in histories.items():
-        epochs = [r["epoch"] for r in rows]
-        line, = ax_loss.plot(epochs, [r.get("val_loss", float("nan")) for r in rows], marker="o",
-                             label=f"{name}, validation")
+        epochs, colour = [r["epoch"] for r in rows], None
+        if any("val_loss" in r for r in rows):  # none without a validation split (data.val_fraction: 0)
+            line, = ax_loss.plot(epochs, [r.get("val_loss", float("nan")) for r in rows], marker="o",
+                                 label=f"{name}, validation")
+            colour = line.get_color()
+            ax_acc.plot(epochs, [100 * r.get("val_top1", float("nan")) for r in rows], marker="o", color=colour,
+                        label=name)
         if name in cross_entropy:
-            ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", linestyle="--", color=line.get_color(),
+            ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", linestyle="--", color=colour,
                          label=f"{name}, training")
-        ax_acc.plot(epochs, [100 * r.get("val_top1", float("nan")) for r in rows], marker="o", label=name)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="cross-entropy on the labels")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
         whole_epochs(ax)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no validation split (data.val_fraction: 0)", ha="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
