@@ -64,25 +64,36 @@ def run(ctx) -> list[Path]:
     outputs = [p for name, r in runs.items() for p in _save(ctx, r, name, cfg, ds)]
     names = {"student": "student alone" if method == "student" else f"{method} student", "baseline": "student alone"}
     outputs.append(training_curves({names[n]: r["history"] for n, r in runs.items()}, ctx.dir / "curves.png",
-                                   f"{cfg.student.arch} student: {method} vs alone", cross_entropy=("student alone",)))
+                                   f"{cfg.student.arch} student: {' vs '.join(names[n] for n in runs)}",
+                                   cross_entropy=("student alone",)))
     _record(ctx, runs, method)
     return outputs
 
 
 def _record(ctx, runs: dict, method: str) -> None:
-    s, b = runs["student"], runs.get("baseline", runs["student"])
+    """The stage's metrics; the student alone's figures are None where none was trained beside the distilled one
+    (distill.baseline: false), and with method `student` the one student is the student alone."""
+    s = runs["student"]
+    b = runs.get("baseline", s if method == "student" else None)
+    alone = (lambda key: b[key]) if b is not None else (lambda key: None)
     adapt = ctx.run.manifest()["stages"].get("adapt", {}).get("metrics", {})
     teacher_top1 = adapt.get("teacher_top1", ctx.run.manifest()["stages"].get("teacher", {})
                              .get("metrics", {}).get("test_top1"))
     ctx.metrics.update(method=method, test_top1=s["test_top1"], test_loss=s["test_loss"], val_top1=s["val_top1"],
-                       baseline_val_top1=b["val_top1"],
-                       final_train_loss=s["final_train_loss"], baseline_top1=b["test_top1"],
-                       baseline_train_loss=b["final_train_loss"], teacher_top1=teacher_top1,
+                       baseline_val_top1=alone("val_top1"),
+                       final_train_loss=s["final_train_loss"], baseline_top1=alone("test_top1"),
+                       baseline_train_loss=alone("final_train_loss"), teacher_top1=teacher_top1,
                        adapted_teacher_top1=adapt.get("adapted_teacher_top1"),
-                       seconds_per_epoch=s["seconds_per_epoch"], baseline_seconds_per_epoch=b["seconds_per_epoch"],
-                       cache_seconds=s["cache_seconds"], gain_top1=s["test_top1"] - b["test_top1"],
+                       seconds_per_epoch=s["seconds_per_epoch"], baseline_seconds_per_epoch=alone("seconds_per_epoch"),
+                       cache_seconds=s["cache_seconds"],
+                       gain_top1=s["test_top1"] - b["test_top1"] if b is not None else None,
                        bn_check={n: r["bn_check"] for n, r in runs.items()},
                        precision={n: r["precision"] for n, r in runs.items()},
                        precision_probe={n: r["precision_probe"] for n, r in runs.items()})
-    ctx.console.print(f"distill: {method} student {s['test_top1']:.2%}, student alone {b['test_top1']:.2%}",
-                      highlight=False)
+    if method == "student":
+        said = f"student alone {s['test_top1']:.2%}"
+    elif b is None:
+        said = f"{method} student {s['test_top1']:.2%} (no student alone beside it: distill.baseline is false)"
+    else:
+        said = f"{method} student {s['test_top1']:.2%}, student alone {b['test_top1']:.2%}"
+    ctx.console.print(f"distill: {said}", highlight=False)

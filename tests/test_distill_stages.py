@@ -103,3 +103,16 @@ def test_cli_exit_code_2_and_nothing_lost(done_run):
     assert result.exit_code == 2
     assert "unknown model 'nosuchnet'" in result.output
     assert (done_run.root / "adapt" / "adapted.pt").read_bytes() == before
+
+
+def test_without_a_student_alone_its_figures_are_none_not_the_distilled_students(tmp_path):
+    """distill.baseline: false trains no student alone; the stage must not record the distilled student as one."""
+    run = RunDir(tmp_path)
+    console = Console(record=True, width=200)
+    runner = Runner(_cfg("distill.baseline=false"), run, console)
+    runner.run_all(runner.select(to="distill"))
+    m = run.manifest()["stages"]["distill"]["metrics"]
+    assert m["test_top1"] is not None
+    assert m["baseline_top1"] is None and m["gain_top1"] is None and m["baseline_val_top1"] is None
+    assert "no student alone beside it: distill.baseline is false" in console.export_text()
+    assert not (tmp_path / "distill" / "baseline.pt").exists()
