@@ -95,3 +95,14 @@ def test_training_curves_without_a_validation_split_draw_what_there_is():
     said = [t.get_text() for t in acc_ax.texts]
     pyplot().close(fig)
     assert drawn == ["student alone, training"] and said == ["no validation split (data.val_fraction: 0)"]
+
+
+def test_the_quantization_sentence_says_costs_or_above_in_words_not_a_signed_cost():
+    def rows(drop):
+        return [{**_row("torch_fp32", 0.92, 0.8), "precision": "fp32"},
+                {**_row("tflite_int8", 0.92 - drop / 100, 0.08), "precision": "int8", "drop_pts": drop}]
+
+    said = {d: next(x for x in markdown.story(rows(d), "host") if "Quantization" in x) for d in (0.31, -0.03, 0)}
+    assert "(tflite_int8) costs 0.31 points and runs 10.0x faster" in said[0.31]
+    assert "(tflite_int8) scores 0.03 points above fp32 and runs 10.0x faster" in said[-0.03]
+    assert "(tflite_int8) costs no accuracy and runs" in said[0]
