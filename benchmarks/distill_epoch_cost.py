@@ -41,7 +41,8 @@ def measure(cfg, method: str, ds, teacher, joint: bool = False, cache: bool = Tr
     source = None if method == "student" else copy.deepcopy(teacher)
     if method == "ama":
         source = adaptive.build(source, student, cfg.adapt.stages, ds.channels, ds.size)
-    task = distillers.create(method, student, source, dcfg, list(cfg.adapt.stages))
+    task = distillers.create(method, student, source, dcfg, list(cfg.adapt.stages), (ds.channels, ds.size),
+                             label_smoothing=cfg.student.label_smoothing)
     cache_s = task.setup(ds, pick_device(cfg.device), augment=cfg.distill.augment,
                          channels_last=cfg.student.channels_last)
     scfg = dataclasses.replace(cfg.student, epochs=1)

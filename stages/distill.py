@@ -65,7 +65,7 @@ def run(ctx) -> list[Path]:
     names = {"student": "student alone" if method == "student" else f"{method} student", "baseline": "student alone"}
     outputs.append(training_curves({names[n]: r["history"] for n, r in runs.items()}, ctx.dir / "curves.png",
                                    f"{cfg.student.arch} student: {' vs '.join(names[n] for n in runs)}",
-                                   cross_entropy=("student alone",)))
+                                   cross_entropy=("student alone",) if cfg.student.label_smoothing == 0 else ()))
     _record(ctx, runs, method)
     return outputs
 

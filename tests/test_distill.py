@@ -247,3 +247,47 @@ def test_route_weight_adds_the_kl_of_the_teacher_run_on_the_students_map():
         expected = 0.5 * losses.kd_loss(adapted.route(1, maps[1]), soft, 4.0).item()
     assert totals[0.5] - totals[0.0] == pytest.approx(expected, rel=1e-3)
     assert expected > 1e-3 and not torch.allclose(grads[0.0], grads[0.5])
+
+
+@pytest.mark.parametrize("method", list(distillers.METHODS))
+def test_student_label_smoothing_smooths_the_label_term_of_every_method_and_nothing_else(method):
+    """student.label_smoothing reaches the student's cross-entropy with the labels (it was ignored before):
+    the loss moves by exactly ce_weight x (smoothed - plain cross-entropy), the teacher's terms stay."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    teacher = models.create("resnet8", 1, 3, width=0.5).eval()
+    student = models.create("resnet8", 1, 3, width=0.25).eval()  # eval: the two forward passes see the same net
+    source = adaptive.build(teacher, student, [1], 1, SIZE) if method == "ama" else teacher
+    dcfg = DistillConfig(cache=False)
+    x, y = torch.randn(8, 1, SIZE, SIZE), torch.randint(0, 3, (8,))
+    got = {}
+    for ls in (0.0, 0.2):
+        torch.manual_seed(1)  # fitnets' regressors are created here: the same for both
+        task = distillers.create(method, student, source, dcfg, [1], (1, SIZE), label_smoothing=ls)
+        task.teacher_precision = "fp32"
+        with torch.no_grad():
+            got[ls] = task(x, y)
+    logits = got[0.0][1]
+    weight = 1.0 if method == "student" else dcfg.ce_weight
+    expected = weight * (F.cross_entropy(logits, y, label_smoothing=0.2) - F.cross_entropy(logits, y))
+    assert (got[0.2][0] - got[0.0][0]).item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert abs(expected.item()) > 1e-3  # the setting does something here
+
+
+def test_train_student_hands_the_configs_label_smoothing_to_the_method(monkeypatch):
+    from pipeline.distill import train as distill_train
+
+    seen = []
+
+    def create(*args, **kwargs):
+        seen.append(kwargs.get("label_smoothing"))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(distill_train.distillers, "create", create)
+    cfg = config.load("smoke", ["student.label_smoothing=0.1", "data.synthetic_train=64", "data.synthetic_test=32"])
+    ds = data.load(cfg.data, cfg.seed)
+    with pytest.raises(RuntimeError, match="stop here"):
+        distill_train.train_student(cfg, "student", 0, ds, None, None, None, fingerprint="f", console=None,
+                                    label="student")
+    assert seen == [0.1]

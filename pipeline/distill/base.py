@@ -63,6 +63,7 @@ class Distiller(nn.Module):
     cacheable = True
     needs: str | None = None  # what the method distills from: "teacher", "adapted" (the adapt stage's module) or None
     original_soft_targets = False  # whether the cached "logits" are the original teacher's (QAT reuses them)
+    label_smoothing = 0.0  # of the student's cross-entropy with the labels (student.label_smoothing, set by create)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, dcfg, stages: list[int], image=None):
         """``image`` (channels, size) is for the methods that pair stages by resolution (fitnets, at)."""

@@ -10,15 +10,16 @@ from pipeline.errors import UserError
 HINT_LOSSES = ("mse", "l1", "smooth_l1")  # distill.hint_loss reads these
 
 
-def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy against the labels."""
-    return F.cross_entropy(logits.float(), y)
+def ce_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy against the labels (smoothed by ``label_smoothing``, as torch defines it)."""
+    return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
 
 
 def ce_kd(logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, ce_weight: float, kd_weight: float,
-          temperature: float) -> torch.Tensor:
+          temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """Hinton's objective: ``ce_weight`` x cross-entropy + ``kd_weight`` x the softened KL to the teacher."""
-    return ce_weight * ce_loss(logits, y) + kd_weight * kd_loss(logits, teacher_logits, temperature)
+    return (ce_weight * ce_loss(logits, y, label_smoothing)
+            + kd_weight * kd_loss(logits, teacher_logits, temperature))
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

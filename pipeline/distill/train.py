@@ -45,7 +45,8 @@ def train_student(cfg, method: str, seed: int, ds: data_mod.Dataset, teacher, ad
         raise UserError(f"method '{method}' needs the {side} model; run 'compress {stage}' first")
     student = new_student(cfg, ds, seed)
     task = distillers.create(method, student, copy.deepcopy(source) if source is not None else None,
-                             cfg.distill, list(cfg.adapt.stages), (ds.channels, ds.size))
+                             cfg.distill, list(cfg.adapt.stages), (ds.channels, ds.size),
+                             label_smoothing=cfg.student.label_smoothing)
     device = pick_device(cfg.device, init_distributed())
     cache_s = task.setup(ds, device, augment=cfg.distill.augment, channels_last=cfg.student.channels_last,
                          teacher_precision=getattr(teacher, "trained_precision", "fp32"))

@@ -115,6 +115,7 @@ def fine_tune(student: nn.Module, teacher: nn.Module, ds, cfg, qcfg, out_dir: Pa
     graph, _ = qat_graph(student, (ds.channels, ds.size, ds.size))
     net = QatNet(graph, freeze_after=max(1, int(steps * OBSERVE_FRACTION)))  # ranges need one observed step
     task = HintonKD(net, teacher, cfg.distill, [])
+    task.label_smoothing = cfg.student.label_smoothing  # the distill stage's loss, as there
     # a fixed subset (the same on a resume), or a view of the whole set rather than a copy of it; no test split:
     # the quantize stage tests the files made from this net
     keep = (torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:images].sort().values

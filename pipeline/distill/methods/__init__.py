@@ -24,8 +24,11 @@ def needs(name: str) -> str | None:
     return METHODS[name].needs
 
 
-def create(name: str, student, teacher, dcfg, stages, image: tuple[int, int]):
+def create(name: str, student, teacher, dcfg, stages, image: tuple[int, int], label_smoothing: float = 0.0):
     """The training task for method ``name``; ``teacher`` is the adapted teacher for 'ama'; ``image`` is
-    (channels, size) of the input, which the map-matching methods pair stages at."""
+    (channels, size) of the input, which the map-matching methods pair stages at; ``label_smoothing`` smooths the
+    student's cross-entropy with the labels (every method has that term)."""
     check(name)
-    return METHODS[name](student, teacher, dcfg, stages, image)
+    task = METHODS[name](student, teacher, dcfg, stages, image)
+    task.label_smoothing = label_smoothing
+    return task

@@ -67,7 +67,8 @@ class ActivationMapAdaptation(Distiller):
     def loss(self, x, y, targets):
         d = self.dcfg
         logits, maps = self.student.forward_maps(x)
-        total = losses.ce_kd(logits, y, targets["logits"], d.ce_weight, d.kd_weight, d.temperature)
+        total = losses.ce_kd(logits, y, targets["logits"], d.ce_weight, d.kd_weight, d.temperature,
+                             self.label_smoothing)
         for i, j in self.teacher.student_stages.items():  # teacher stage -> student stage of its resolution
             total = total + d.hint_weight * losses.hint_loss(maps[j], targets[f"hint{i}"], d.hint_loss)
             if d.route_weight:

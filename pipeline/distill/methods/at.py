@@ -21,7 +21,7 @@ class AttentionTransfer(Distiller):
 
     def loss(self, x, y, targets):
         logits, maps = self.student.forward_maps(x)
-        total = self.dcfg.ce_weight * losses.ce_loss(logits, y)
+        total = self.dcfg.ce_weight * losses.ce_loss(logits, y, self.label_smoothing)
         for i, j in self.pairs.items():
             total = total + self.dcfg.at_weight * losses.at_loss(losses.attention_map(maps[j]), targets[f"att{i}"])
         return total, logits

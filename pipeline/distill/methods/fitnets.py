@@ -34,7 +34,7 @@ class FitNets(Distiller):
 
     def loss(self, x, y, targets):
         logits, maps = self.student.forward_maps(x)
-        total = self.dcfg.ce_weight * losses.ce_loss(logits, y)
+        total = self.dcfg.ce_weight * losses.ce_loss(logits, y, self.label_smoothing)
         for i, j in self.pairs.items():
             total = total + self.dcfg.hint_weight * losses.hint_loss(
                 self.regressors[str(i)](maps[j]), targets[f"map{i}"], self.dcfg.hint_loss)

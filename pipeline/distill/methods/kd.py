@@ -15,4 +15,5 @@ class HintonKD(Distiller):
     def loss(self, x, y, targets):
         d = self.dcfg
         logits = self.student(x)
-        return losses.ce_kd(logits, y, targets["logits"], d.ce_weight, d.kd_weight, d.temperature), logits
+        return losses.ce_kd(logits, y, targets["logits"], d.ce_weight, d.kd_weight, d.temperature,
+                            self.label_smoothing), logits

@@ -10,4 +10,4 @@ class StudentAlone(Distiller):
 
     def loss(self, x, y, targets):
         logits = self.student(x)
-        return losses.ce_loss(logits, y), logits
+        return losses.ce_loss(logits, y, self.label_smoothing), logits
