@@ -74,26 +74,25 @@ def _record(ctx, runs: dict, method: str) -> None:
     """The stage's metrics; the student alone's figures are None where none was trained beside the distilled one
     (distill.baseline: false), and with method `student` the one student is the student alone."""
     s = runs["student"]
-    b = runs.get("baseline", s if method == "student" else None)
-    alone = (lambda key: b[key]) if b is not None else (lambda key: None)
+    alone = runs.get("baseline", s if method == "student" else {})
     adapt = ctx.run.manifest()["stages"].get("adapt", {}).get("metrics", {})
     teacher_top1 = adapt.get("teacher_top1", ctx.run.manifest()["stages"].get("teacher", {})
                              .get("metrics", {}).get("test_top1"))
     ctx.metrics.update(method=method, test_top1=s["test_top1"], test_loss=s["test_loss"], val_top1=s["val_top1"],
-                       baseline_val_top1=alone("val_top1"),
-                       final_train_loss=s["final_train_loss"], baseline_top1=alone("test_top1"),
-                       baseline_train_loss=alone("final_train_loss"), teacher_top1=teacher_top1,
+                       baseline_val_top1=alone.get("val_top1"),
+                       final_train_loss=s["final_train_loss"], baseline_top1=alone.get("test_top1"),
+                       baseline_train_loss=alone.get("final_train_loss"), teacher_top1=teacher_top1,
                        adapted_teacher_top1=adapt.get("adapted_teacher_top1"),
-                       seconds_per_epoch=s["seconds_per_epoch"], baseline_seconds_per_epoch=alone("seconds_per_epoch"),
-                       cache_seconds=s["cache_seconds"],
-                       gain_top1=s["test_top1"] - b["test_top1"] if b is not None else None,
+                       seconds_per_epoch=s["seconds_per_epoch"],
+                       baseline_seconds_per_epoch=alone.get("seconds_per_epoch"), cache_seconds=s["cache_seconds"],
+                       gain_top1=s["test_top1"] - alone["test_top1"] if alone else None,
                        bn_check={n: r["bn_check"] for n, r in runs.items()},
                        precision={n: r["precision"] for n, r in runs.items()},
                        precision_probe={n: r["precision_probe"] for n, r in runs.items()})
     if method == "student":
         said = f"student alone {s['test_top1']:.2%}"
-    elif b is None:
+    elif not alone:
         said = f"{method} student {s['test_top1']:.2%} (no student alone beside it: distill.baseline is false)"
     else:
-        said = f"{method} student {s['test_top1']:.2%}, student alone {b['test_top1']:.2%}"
+        said = f"{method} student {s['test_top1']:.2%}, student alone {alone['test_top1']:.2%}"
     ctx.console.print(f"distill: {said}", highlight=False)
