@@ -114,6 +114,8 @@ def gate(entry: dict, attempts, evaluate, inp: Inputs, max_drop: float, final: P
 
 def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
     """One ONNX Runtime artifact (x86 / arm static, or dynamic) through the gate, with metadata."""
+    from rich.markup import escape
+
     from pipeline.export import artifacts, onnx_tools, ort_quant
 
     qcfg, name = ctx.cfg.quantize, f"onnx_int8_{target}"
@@ -140,7 +142,7 @@ def onnx_artifact(ctx, inp: Inputs, target: str) -> None:
             first = entry["attempts"][0]
             why = first.get("error") or f"{first.get('drop_points')} points drop > quantize.max_drop {qcfg.max_drop}"
             ctx.console.print(f"[yellow]{name}: calibrated with {entry['chosen']['method']}, not quantize.method "
-                              f"{qcfg.method} ({why})[/yellow]", highlight=False)
+                              f"{qcfg.method} ({escape(why)})[/yellow]", highlight=False)  # why: onnxruntime's text
         proto = onnx_tools.load(final)
         onnx_tools.set_metadata(proto, {**inp.meta, "format": name, "quantization": entry["chosen"]})
         onnx_tools.save(proto, final)

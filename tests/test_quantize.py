@@ -208,6 +208,27 @@ def test_quantizer_crash_fails_only_that_artifact(good, monkeypatch):
     assert arts["onnx_int8_dynamic"]["status"] == "ok" and isinstance(ctx.error, UserError)
 
 
+def test_a_fallback_line_prints_the_quantizers_error_as_it_is(good, monkeypatch):
+    """The line that says which calibration method was used instead quotes the first attempt's error, which is
+    onnxruntime's text: rich markup in it was read as markup (a '[/b]' raised, a '[word]' vanished)."""
+    from rich.console import Console
+
+    from pipeline.export import ort_quant
+    from stages import quantize as stage
+
+    cfg, run, _ = good
+    real, cfg = ort_quant.static, smoke_config(*NO_TFLITE, "quantize.targets=[x86]")
+
+    def first_fails(src, dst, calib, target, method, *rest):
+        if method == cfg.quantize.method:
+            raise RuntimeError("node [conv1] has no [/b] range")
+        return real(src, dst, calib, target, method, *rest)
+    monkeypatch.setattr(ort_quant, "static", first_fails)
+    console = Console(record=True, width=400)
+    stage.run(Context(cfg, run, "quantize", "test", console))
+    assert "(RuntimeError: node [conv1] has no [/b] range)" in console.export_text()
+
+
 def test_converter_crash_fails_only_tflite(good, monkeypatch):
     import sys
 
