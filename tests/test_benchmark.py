@@ -97,7 +97,7 @@ def test_table_drop_speedup_front_and_recommendation():
         _row("tflite_int8", 0.80, 0.05, "tflite", "int8"), _row("slow_bad", 0.85, 0.5),
         {"artifact": "tflite_fp16", "status": "failed", "reason": "x"}]))
     by = {r["artifact"]: r for r in rows}
-    assert by["onnx_int8_x86"]["drop_pts"] == pytest.approx(0.3) and by["onnx_fp32"]["speedup"] == 5.0
+    assert by["onnx_int8_x86"]["drop_pts"] == pytest.approx(0.3) and by["onnx_fp32"]["speedup"] == pytest.approx(5.0)
     front = [r["artifact"] for r in table.pareto_front(rows)]
     assert front == ["tflite_int8", "onnx_int8_x86", "onnx_fp32"]  # slow_bad and torch_fp32 are dominated
     assert table.recommended(rows, 0.5) == {"host": "onnx_int8_x86"}  # tflite_int8 is faster but drops 10 pts

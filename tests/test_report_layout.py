@@ -106,3 +106,18 @@ def test_the_quantization_sentence_says_costs_or_above_in_words_not_a_signed_cos
     assert "(tflite_int8) costs 0.31 points and runs 10.0x faster" in said[0.31]
     assert "(tflite_int8) scores 0.03 points above fp32 and runs 10.0x faster" in said[-0.03]
     assert "(tflite_int8) costs no accuracy and runs" in said[0]
+
+
+def test_the_table_and_the_sentence_state_one_speedup():
+    """The default run's table said 12.7x and its sentence 12.6x for one file: the table rounded the ratio to two
+    places (12.646 -> 12.65) and then to one (12.7), the sentence rounded it once (12.6)."""
+    from pipeline.report import table
+
+    doc = {"machine": {"device": "host"}, "rows": [{**_row("torch_fp32", 0.92, 0.75007, runtime="torch"),
+                                                    "precision": "fp32"},
+                                                   {**_row("tflite_int8", 0.92, 0.05931), "precision": "int8"}]}
+    rows = table.table(doc)
+    int8 = next(r for r in rows if r["artifact"] == "tflite_int8")
+    cell = markdown.cells(int8, {})[7]
+    sentence = next(x for x in markdown.story(rows, "host") if "Quantization" in x)
+    assert cell == "12.6x" and "runs 12.6x faster" in sentence
