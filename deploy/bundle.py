@@ -45,16 +45,13 @@ file with 0 partitions runs on TFLite's builtin kernels, not XNNPACK's.
 """
 
 
-def _model_entry(run_root: Path, name: str, meta: dict) -> tuple[dict, Path]:
-    from pipeline.export import formats
+def _model_entry(run, manifest: dict, name: str, meta: dict) -> tuple[dict, Path]:
+    from pipeline.export import formats, inventory
 
     fmt = formats.get(name)
     if fmt.runtime == "torch":
         raise UserError(f"'{name}' is a PyTorch checkpoint; a bundle carries ONNX or TFLite models only")
-    path = Path(run_root) / fmt.stage / fmt.filename()
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run 'compress {fmt.stage}' first or drop '{name}' from "
-                        "bundle.formats")
+    path = inventory.locate(run.root, manifest, name)
     entry = {"artifact": name, "format": name, "runtime": fmt.runtime, "precision": fmt.precision,
              "bytes": path.stat().st_size, "file": f"models/{path.name}", "meta": meta}
     return entry, path
@@ -82,24 +79,33 @@ def _onnxruntime_pin() -> str:
         return "onnxruntime"
 
 
-def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip_missing: bool = False) -> Path:
-    """Write the bundle. A named model that does not exist is a UserError (nothing written), or with
-    ``skip_missing`` (the configured default list) it is left out."""
+def build(run, cfg, names: list[str], images: int, out: Path | None = None, skip_missing: bool = False,
+          states: dict | None = None) -> Path:
+    """Write the bundle. A named model the run does not have is a UserError (nothing written), or with
+    ``skip_missing`` (the configured default list) it is left out. ``states``: each stage's state under ``cfg``
+    (Runner.states); a model from a stale stage was made under another config, whose test images and
+    normalisation the bundle's eval set would not be."""
     from pipeline import data
     from pipeline.export import formats, inventory
     from pipeline.export.inventory import settings, write_eval_set
     from pipeline.files import atomic_path
 
-
+    for stage in dict.fromkeys(formats.get(n).stage for n in names):
+        if (states or {}).get(stage) == "stale":
+            raise UserError(f"stage '{stage}' of {run.root} is stale under this config: its models were made with "
+                            "another config (or code); give the config the run was made with (-c, --set), or run "
+                            "'compress all' first")
+    manifest = run.manifest()
     if skip_missing:
-        names = [n for n in names if (run.root / formats.get(n).stage / formats.get(n).filename()).is_file()]
+        have = {a["artifact"] for a in inventory.artifacts(run.root, manifest) if "path" in a}
+        names = [n for n in names if n in have]
     if not names:
         raise UserError("no models to pack; run 'compress quantize' first, or pass --format NAME "
                         "(e.g. tflite_int8) or set bundle.formats")
     ds = data.load(cfg.data, cfg.seed)
     meta = {**ds.meta(), "normalization": "(pixel / 255 - mean) / std, per channel"}
-    entries = [_model_entry(run.root, n, meta) for n in dict.fromkeys(names)]
-    info = inventory.run_info(run.root)
+    entries = [_model_entry(run, manifest, n, meta) for n in dict.fromkeys(names)]
+    info = inventory.run_info(run.root, manifest)
     spec = {"schema": BUNDLE_SCHEMA, "run": info, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "settings": settings(cfg.benchmark), "data": "eval.npz", "models": [e for e, _ in entries]}
     out = Path(out) if out else run.root / "bundle" / f"compress-bundle-{info['run_id']}.tar.gz"

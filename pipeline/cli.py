@@ -185,7 +185,7 @@ def predict(
     from pipeline import predict as predict_mod
 
     cfg, run = _setup()
-    name, results = predict_mod.predict(run.root, images, artifact, top, cfg.benchmark.max_drop)
+    name, results = predict_mod.predict(run.root, run.manifest(), images, artifact, top, cfg.benchmark.max_drop)
     console.print(f"[bold]{name}[/bold] ({escape(str(run.root))})", highlight=False)
     for image, classes in results:
         console.print(f"{image}: " + ", ".join(f"{c} {p:.1%}" for c, p in classes), highlight=False, markup=False)
@@ -211,8 +211,10 @@ def bundle_cmd(
     if not run.root.is_dir():
         raise UserError(f"run folder {run.root} does not exist; run 'compress all' first or give --run-dir")
     with run.locked():  # a running 'compress all' may be replacing the models
+        states = runner_mod.Runner(cfg, run, console).states(run.manifest())
         path = bundle_mod.build(run, cfg, list(fmt or cfg.bundle.formats),
-                                cfg.bundle.images if images is None else images, out, skip_missing=not fmt)
+                                cfg.bundle.images if images is None else images, out, skip_missing=not fmt,
+                                states=states)
     console.print(f"wrote {path}", highlight=False, markup=False)
     if check_arm:
         from deploy import arm_check

@@ -63,14 +63,13 @@ def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def predict(run_root: Path, images: list[Path], artifact: str | None, top: int, max_drop: float):
+def predict(run_root: Path, manifest: dict, images: list[Path], artifact: str | None, top: int, max_drop: float):
     """(artifact name, [(image, [(class, probability), ...]), ...])."""
     from deploy.runner import OnnxModel, TfliteModel, normalize
+    from pipeline.export.inventory import locate
 
     fmt = choose(run_root, artifact, max_drop)
-    path = run_root / fmt.stage / fmt.filename()
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: run 'compress all' (or 'compress {fmt.stage}') first")
+    path = locate(run_root, manifest, fmt.name)
     meta = metadata(path, fmt)
     c, h, w = meta["input_size"] if meta.get("layout", "NCHW") == "NCHW" else np.roll(meta["input_size"], 1)
     batch = np.stack([load_image(Path(p), c, (h, w)) for p in images])  # every file checked before running

@@ -102,9 +102,10 @@ def run(ctx) -> list[Path]:
                 ctx.console.print(runner.row_line(rows[-1]), highlight=False, markup=False)  # reasons: any text
                 progress.advance(task)
     check_measured(rows, cfg.benchmark.timeout_s)
-    attach_records(rows, ctx.run.manifest()["stages"])
-    doc = runner.results_doc({**inventory.run_info(ctx.run.root), "method": cfg.distill.method}, runner.machine_info(),
-                             settings(cfg.benchmark), rows)
+    manifest = ctx.run.manifest()
+    attach_records(rows, manifest["stages"])
+    doc = runner.results_doc({**inventory.run_info(ctx.run.root, manifest), "method": cfg.distill.method},
+                             runner.machine_info(), settings(cfg.benchmark), rows)
     outputs = write.write_all(ctx.dir, doc, cfg.benchmark.max_drop)
     best = table.recommended(table.table(doc, results.device_docs(ctx.dir)), cfg.benchmark.max_drop)
     ctx.metrics.update(run_id=doc["run"]["run_id"], recommended=best.get(doc["machine"]["device"]),

@@ -238,7 +238,8 @@ def qat_artifacts(ctx, inp: Inputs) -> None:
     student, _ = models.load_model(src)
     teacher, _ = models.load_model(ctx.input("teacher", "model.pt"))
     ds = data.load(ctx.cfg.data, ctx.cfg.seed)
-    soft = qat.distilled_targets(ctx.run.root / "distill" / "teacher_logits.pt")  # None: not the teacher's there
+    cached = ctx.recorded("distill", "teacher_logits.pt")  # None: the distill stage did not cache them
+    soft = qat.distilled_targets(cached) if cached else None  # None: not the original teacher's there either
     net, fit_metrics = qat.fine_tune(student, teacher, ds, ctx.cfg, qcfg, ctx.dir / "qat", seed=ctx.cfg.seed,
                                      fingerprint=ctx.fingerprint, console=ctx.console, soft_targets=soft)
     fake = qat.logits(net, inp.x, qcfg.eval_batch_size).numpy()

@@ -83,7 +83,7 @@ def phone(tmp_path, monkeypatch):
     (run.stage_dir("quantize") / "tflite_int8.tflite").write_bytes(b"tflite bytes")
     host_row = {"artifact": "tflite_int8", "status": "ok", "top1": 0.9, "images": 100, "runtime": "tflite",
                 "precision": "int8", "latency": {"one_thread": {"p50_ms": 0.2}}}
-    doc = results_doc(inventory.run_info(run.root), machine_info("host"), {}, [host_row])
+    doc = results_doc(inventory.run_info(run.root, run.manifest()), machine_info("host"), {}, [host_row])
     write.write_all(run.stage_dir("benchmark"), doc, 0.5)
     return run, calls
 

@@ -150,7 +150,7 @@ def _run_with_results(tmp_path):
     run = RunDir(tmp_path / "run")
     run.create()
     (run.stage_dir("quantize") / "tflite_int8.tflite").write_bytes(b"model")
-    doc = _doc("host", inventory.run_info(run.root)["run_id"], [_row("torch_fp32", 0.9, 1.0, "torch"),
+    doc = _doc("host", inventory.run_info(run.root, run.manifest())["run_id"], [_row("torch_fp32", 0.9, 1.0, "torch"),
                                                              _row("tflite_int8", 0.9, 0.1, "tflite", "int8")])
     outputs = write.write_all(run.stage_dir("benchmark"), doc, 0.5)
     from pipeline.files import file_record

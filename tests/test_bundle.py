@@ -54,7 +54,7 @@ def test_bundle_contents(tflite_run, tmp_path):
     assert {p.name for p in folder.iterdir()} == {"bundle.json", "README.md", "requirements.txt", "runner.py",
                                                   "eval.npz", "models"}
     spec = json.loads((folder / "bundle.json").read_text())
-    assert spec["run"]["run_id"] == inventory.run_info(tflite_run.root)["run_id"]
+    assert spec["run"]["run_id"] == inventory.run_info(tflite_run.root, tflite_run.manifest())["run_id"]
     assert [m["artifact"] for m in spec["models"]] == ["tflite_int8", "tflite_fp32"]
     assert spec["models"][0]["meta"]["mean"] and (folder / spec["models"][0]["file"]).is_file()
     assert (folder / "requirements.txt").read_text().split() == ["numpy>=1.23.2", "ai-edge-litert==2.3.0"]
@@ -67,7 +67,7 @@ def test_bundle_contents(tflite_run, tmp_path):
 
 def test_bundle_refuses_missing_or_torch_models(tflite_run):
     cfg = smoke_config()
-    with pytest.raises(UserError, match="onnx_fp32.onnx does not exist"):
+    with pytest.raises(UserError, match=r"has no onnx_fp32 \(onnx_fp32.onnx not written by stage 'export'\); run"):
         bundle.build(tflite_run, cfg, ["tflite_int8", "onnx_fp32"], 10)
     with pytest.raises(UserError, match="PyTorch checkpoint"):
         bundle.build(tflite_run, cfg, ["torch_fp32"], 10)
@@ -80,7 +80,7 @@ def test_bundle_runner_writes_the_results_schema(tflite_run, tmp_path, cli):
     path = next((tflite_run.root / "bundle").glob("*.tar.gz"))
     doc = _run_runner(sys.executable, _unpack(path, tmp_path / "u"), tmp_path / "res.json")
     assert doc["machine"]["device"] == "test-board"
-    assert doc["run"]["run_id"] == inventory.run_info(tflite_run.root)["run_id"]
+    assert doc["run"]["run_id"] == inventory.run_info(tflite_run.root, tflite_run.manifest())["run_id"]
     rows = {r["artifact"]: r for r in doc["rows"]}
     assert rows["tflite_int8"]["status"] == "ok" and rows["tflite_int8"]["images"] == 64
     assert "tflite_fp16" not in rows  # in bundle.formats but never written: left out of the default list
@@ -181,3 +181,33 @@ def test_a_cut_short_tflite_file_says_so_and_how_to_rebuild_it(tflite_dir, tmp_p
     with pytest.raises(UserError, match=r"is damaged or cut short \(its TFLite flatbuffer cannot be read: "
                                         r"unpack_from .*\); rerun 'compress all' to rebuild it"):
         tflite_tools.metadata(cut)
+
+
+def test_bundle_refuses_models_of_a_stage_that_is_stale_under_this_config(tflite_run, cli, tmp_path):
+    """'compress -r runs/photos bundle' without '-c photos' packed the photo models with Fashion-MNIST's test
+    images and normalisation (any other seed or data setting alike): the board then measured another test set."""
+    cfg = smoke_config()
+    with pytest.raises(UserError, match="stage 'quantize' of .* is stale under this config"):
+        bundle.build(tflite_run, cfg, ["tflite_int8"], 10, states={"quantize": "stale"})
+    tflite_run.record("quantize", {"fingerprint": "made with another config", "outputs": []})
+    result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", "--out", str(tmp_path / "b.tar.gz"))
+    assert result.exit_code == 2 and "is stale under this config" in result.output, result.output
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_a_model_the_run_does_not_have_says_which_setting_leaves_it_out_or_why_it_failed(tflite_run):
+    """'run compress all first' was the advice for a file the config never makes (QAT off, a target not listed)
+    and for one that failed its gate: rerunning changed nothing."""
+    from pipeline.export import inventory
+
+    made = {"tflite_fp32": {"status": "ok"}, "tflite_int8": {"status": "failed", "reason": "accuracy drop 3.1 "
+                                                               "points > quantize.max_drop 1.0; not written"}}
+    tflite_run.record("quantize", {"outputs": [{"path": "quantize/tflite_fp32.tflite", "sha256": "x", "bytes": 1}],
+                                   "metrics": {"artifacts": made}})
+    manifest = tflite_run.manifest()
+    assert inventory.locate(tflite_run.root, manifest, "tflite_fp32").name == "tflite_fp32.tflite"
+    with pytest.raises(UserError, match="does not make tflite_int8_qat: .* quantize.qat"):
+        inventory.locate(tflite_run.root, manifest, "tflite_int8_qat")
+    with pytest.raises(UserError, match="has no tflite_int8: quantize: accuracy drop 3.1 points") as failed:
+        inventory.locate(tflite_run.root, manifest, "tflite_int8")  # on disk from before, not this run's
+    assert "compress all" not in str(failed.value)

@@ -182,3 +182,37 @@ def test_a_stage_retrained_to_the_same_weights_leaves_the_next_stages_done(tmp_p
     first = r.fingerprint("adapt", manifest("w", "timings 1"))
     assert r.fingerprint("adapt", manifest("w", "timings 2")) == first
     assert r.fingerprint("adapt", manifest("other weights", "timings 1")) != first
+
+
+def test_a_file_only_the_previous_variant_made_leaves_the_folder_and_comes_back_with_it(cli, smoke_run, tmp_path):
+    """With distill.baseline false the folder kept the student alone of the earlier config, and the benchmark
+    measured it and the report drew 'distillation gained' from it; the run-cache keeps it for switching back."""
+    from pipeline.export import inventory
+
+    run = tmp_path / "run"
+    assert cli(*smoke_run, "distill").exit_code == 0
+    alone = (run / "distill" / "baseline.pt").read_bytes()
+    assert cli(*smoke_run, "--set", "distill.baseline=false", "distill").exit_code == 0
+    assert not (run / "distill" / "baseline.pt").exists()
+    back = cli(*smoke_run, "distill")
+    assert "distill: restored from the run-cache" in back.output
+    assert (run / "distill" / "baseline.pt").read_bytes() == alone
+    # a file the manifest does not list (one put back by hand, or one the cache no longer held) is not the run's
+    manifest = RunDir(run).manifest()
+    assert "student_alone_fp32" in {a["artifact"] for a in inventory.artifacts(run, manifest)}
+    manifest["stages"]["distill"]["outputs"] = [o for o in manifest["stages"]["distill"]["outputs"]
+                                                if o["path"] != "distill/baseline.pt"]
+    assert "student_alone_fp32" not in {a["artifact"] for a in inventory.artifacts(run, manifest)}
+    assert inventory.run_info(run, manifest) != inventory.run_info(run, RunDir(run).manifest())
+
+
+def test_a_stage_reads_an_optional_upstream_file_only_where_the_manifest_lists_it(tmp_path):
+    """The QAT fine-tune took distill/teacher_logits.pt from the folder even where the distill stage of this
+    config had not written it (augmented students cache nothing): the logits of an earlier teacher."""
+    run = RunDir(tmp_path / "run")
+    run.create()
+    (run.stage_dir("distill") / "teacher_logits.pt").write_bytes(b"an earlier teacher's")
+    ctx = runner_mod.Context(config.load("smoke"), run, "quantize", "fp", Console(quiet=True))
+    assert ctx.recorded("distill", "teacher_logits.pt") is None
+    run.record("distill", {"outputs": [{"path": "distill/teacher_logits.pt", "sha256": "x", "bytes": 1}]})
+    assert ctx.recorded("distill", "teacher_logits.pt") == run.root / "distill" / "teacher_logits.pt"

@@ -25,23 +25,50 @@ def artifacts(run_root: Path, manifest: dict) -> list[dict]:
         made = manifest["stages"].get(item["stage"], {}).get("metrics", {}).get("artifacts")
         if made is not None and item["format"] not in made:  # not asked for by this run's config (quantize.tflite)
             continue
+        # the stage's recorded outputs, not the folder: a file another config left there is not this run's model
         outputs = manifest["stages"].get(item["stage"], {}).get("outputs")
-        if item["artifact"] != item["format"] and outputs is not None and not path.is_file() \
-                and f"{item['stage']}/{path.name}" not in {o["path"] for o in outputs}:
-            continue  # a model this run's config does not train (the student alone with distill.method=student)
+        listed = outputs is None or f"{item['stage']}/{path.name}" in {o["path"] for o in outputs}
+        if item["artifact"] != item["format"] and not listed:
+            continue  # a model this run's config does not train (the student alone with distill.baseline false)
         entry = (made or {}).get(item["format"])
         if entry and entry.get("status") != "ok" and item["artifact"] == item["format"]:
             out.append({**item, "status": "failed", "reason": f"{item['stage']}: {entry.get('reason', 'failed')}"})
-        elif not path.is_file():
+        elif not path.is_file() or not listed:
             out.append({**item, "status": "failed", "reason": f"{path.name} not written by stage '{item['stage']}'"})
         else:
             out.append({**item, "path": str(path), "bytes": path.stat().st_size})
     return out
 
 
-def run_info(run_root: Path) -> dict:
-    """run_id: a hash of every model file of the run, so results of other models are refused on merge."""
-    files = {a["artifact"]: sha256(Path(a["path"])) for a in artifacts(run_root, {"stages": {}}) if "path" in a}
+# the config keys that decide whether a run makes a file, for the message when it did not
+MADE_BY = {"student_alone_fp32": "distill.baseline", "onnx_int8_x86": "quantize.targets",
+           "onnx_int8_arm": "quantize.targets", "onnx_int8_dynamic": "quantize.targets",
+           "tflite_fp32": "quantize.tflite", "tflite_fp16": "quantize.tflite", "tflite_int8": "quantize.tflite",
+           "tflite_int8_qat": "quantize.qat", "onnx_int8_qat": "quantize.qat"}
+
+
+def locate(run_root: Path, manifest: dict, name: str) -> Path:
+    """The file of artifact ``name`` as the run's manifest records it, else a UserError that says why there is
+    none: its config does not make it, it failed (with the stage's reason), or its stage has not run."""
+    from pipeline.errors import UserError
+
+    item = next((a for a in artifacts(run_root, manifest) if a["artifact"] == name), None)
+    if item is None:
+        raise UserError(f"the run in {run_root} does not make {name}: its config leaves it out "
+                        f"(see {MADE_BY.get(name, 'the config')}); set that and rerun 'compress all'")
+    made = manifest["stages"].get(item["stage"], {}).get("metrics", {}).get("artifacts", {})
+    if made.get(name, {}).get("status") == "failed":  # rerunning would fail the same way: the reason says why
+        raise UserError(f"the run in {run_root} has no {name}: {item['reason']}")
+    if "path" not in item:
+        raise UserError(f"the run in {run_root} has no {name} ({item['reason']}); run 'compress all' "
+                        f"(or 'compress {item['stage']}') first")
+    return Path(item["path"])
+
+
+def run_info(run_root: Path, manifest: dict) -> dict:
+    """run_id: a hash of every model file of the run (as its manifest lists them), so results of other models are
+    refused on merge."""
+    files = {a["artifact"]: sha256(Path(a["path"])) for a in artifacts(run_root, manifest) if "path" in a}
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     return {"run_id": digest, "run_dir": str(run_root)}
 

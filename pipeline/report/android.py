@@ -19,8 +19,9 @@ def bench(run, cfg, acfg, names: list[str]) -> Path:
     from pipeline.report.results import DEVICES, load_results
 
     android.check_delegate(acfg)
-    names = names or [f.name for f in formats.FORMATS if f.runtime == "tflite"
-                      and (run.root / f.stage / f.filename()).is_file()]
+    manifest = run.manifest()
+    names = names or [a["artifact"] for a in inventory.artifacts(run.root, manifest)
+                      if a["runtime"] == "tflite" and "path" in a]
     fmts = [formats.get(n) for n in names]
     bad = [f.name for f in fmts if f.runtime != "tflite"]
     if bad or not fmts:
@@ -31,8 +32,8 @@ def bench(run, cfg, acfg, names: list[str]) -> Path:
         raise UserError(f"{results} is missing; run 'compress benchmark' first (the phone's rows are merged "
                         "into its report and take their accuracy from it)")
     host = {r["artifact"]: r for r in load_results(results)["rows"]}
-    phone, rows = android.measure(acfg, [(f, run.root / f.stage / f.filename()) for f in fmts], host)
-    doc = results_doc(inventory.run_info(run.root), phone, {"android": dataclasses.asdict(acfg)}, rows)
+    phone, rows = android.measure(acfg, [(f, inventory.locate(run.root, manifest, f.name)) for f in fmts], host)
+    doc = results_doc(inventory.run_info(run.root, manifest), phone, {"android": dataclasses.asdict(acfg)}, rows)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "android.json"
         path.write_text(json.dumps(doc))

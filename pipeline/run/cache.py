@@ -75,6 +75,11 @@ class RunCache:
                 return None
         return entry
 
+    def holds(self, out: dict) -> bool:
+        """Whether the cache keeps this output's content (a file not kept must not be deleted from a run)."""
+        obj = self._object(out["sha256"])
+        return obj.is_file() and obj.stat().st_size == out["bytes"]
+
     def restore(self, entry: dict, run_root: Path) -> None:
         for out in entry["outputs"]:
             target = run_root / out["path"]

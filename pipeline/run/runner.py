@@ -85,6 +85,13 @@ class Context:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
+    def recorded(self, stage: str, filename: str) -> Path | None:
+        """A file an upstream stage may write, where its manifest entry lists it (then the fingerprint covers
+        it); None otherwise, also where another config of that stage left one in its folder."""
+        entry = self.run.manifest()["stages"].get(stage, {})
+        listed = any(o["path"] == f"{stage}/{filename}" for o in entry.get("outputs", []))
+        return self.run.root / stage / filename if listed else None
+
     def input(self, stage: str, filename: str) -> Path:
         """A file written by an upstream stage; a clear error if it is not there."""
         path = self.run.root / stage / filename
@@ -247,9 +254,22 @@ class Runner:
                             resume.unlink()
                     _barrier(name)  # before any torchrun rank looks for it (Context.dir)
                 self._run_stage(name, fingerprint)
+            if is_main_process():
+                self._drop_leftovers(manifest["stages"].get(name), self.run.manifest()["stages"].get(name))
             if is_main_process():  # the config of what ran; a run that fails before any stage leaves it alone
                 atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
             states = self.states(self.run.manifest())  # what ran changes what comes after it
+
+    def _drop_leftovers(self, before: dict | None, now: dict | None) -> None:
+        """Remove the files the stage's previous variant wrote and this one did not (the student alone of a config
+        that no longer trains one, another variant's TFLite files): left in the folder they were read as this
+        variant's. Only files the run-cache keeps go, so switching back restores them; others stay, unread."""
+        kept = {o["path"] for o in (now or {}).get("outputs", [])}
+        for out in (before or {}).get("outputs", []):
+            path = self.run.root / out["path"]
+            if out["path"] not in kept and path.is_file() and self.run.cache.holds(out) \
+                    and sha256(path) == out["sha256"]:
+                path.unlink()
 
     def _restore(self, name: str, entry: dict) -> None:
         """A stage seen before with the same fingerprint: its outputs come back from the run-cache."""
