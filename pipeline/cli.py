@@ -73,14 +73,21 @@ def all_(
 ):
     """Run every stage in order, skipping those whose inputs and config have not changed."""
     _run(to, start, force)
-    _print_report()
+    _print_report(current_only=True)
 
 
-def _print_report() -> None:
-    """End of 'compress all': the benchmark table, when the run has one."""
+def _print_report(current_only: bool = False) -> None:
+    """The benchmark table, when the run has one; with ``current_only`` (the end of 'compress all') only when it
+    measured this config's models: after '--to adapt' with a new setting it is an earlier config's."""
     cfg, run = _setup()
     if runner_mod.is_main_process() and (run.root / "benchmark" / "results.json").is_file():
         from pipeline.report import write
+        if current_only:
+            state = runner_mod.Runner(cfg, run, console).states(run.manifest())["benchmark"]
+            if state != "done":
+                console.print(f"benchmark is {state}: {run.root / 'benchmark'} holds an earlier config's results; "
+                              "run 'compress all' to measure this one", highlight=False, markup=False)
+                return
         console.print(write.rich_table(run.root / "benchmark", cfg.benchmark.max_drop))
         console.print(f"report: {run.root / 'benchmark' / 'report.md'}", highlight=False, markup=False)
 

@@ -75,9 +75,10 @@ def _record(ctx, runs: dict, method: str) -> None:
     (distill.baseline: false), and with method `student` the one student is the student alone."""
     s = runs["student"]
     alone = runs.get("baseline", s if method == "student" else {})
-    adapt = ctx.run.manifest()["stages"].get("adapt", {}).get("metrics", {})
-    teacher_top1 = adapt.get("teacher_top1", ctx.run.manifest()["stages"].get("teacher", {})
-                             .get("metrics", {}).get("test_top1"))
+    stages = ctx.run.manifest()["stages"]
+    # adapt's figures only where this method distils through it: otherwise its entry is of an earlier teacher
+    adapt = stages.get("adapt", {}).get("metrics", {}) if "adapt" in upstream(ctx.cfg) else {}
+    teacher_top1 = stages.get("teacher", {}).get("metrics", {}).get("test_top1")
     ctx.metrics.update(method=method, test_top1=s["test_top1"], test_loss=s["test_loss"], val_top1=s["val_top1"],
                        baseline_val_top1=alone.get("val_top1"),
                        final_train_loss=s["final_train_loss"], baseline_top1=alone.get("test_top1"),

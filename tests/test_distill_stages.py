@@ -116,3 +116,15 @@ def test_without_a_student_alone_its_figures_are_none_not_the_distilled_students
     assert m["baseline_top1"] is None and m["gain_top1"] is None and m["baseline_val_top1"] is None
     assert "no student alone beside it: distill.baseline is false" in console.export_text()
     assert not (tmp_path / "distill" / "baseline.pt").exists()
+
+
+def test_a_method_without_the_module_takes_the_teachers_figure_not_a_stale_adapt_entrys(tmp_path):
+    """After the teacher was retrained, distill with kd recorded the teacher's accuracy from the adapt entry of
+    the earlier teacher (kd does not read adapt, so nothing reruns it)."""
+    run = RunDir(tmp_path)
+    for extra in ((), ("distill.method=kd", "teacher.lr=0.02")):
+        runner = Runner(_cfg(*extra), run, Console(quiet=True))
+        runner.run_all(runner.select(to="distill"))
+    stages = run.manifest()["stages"]
+    assert stages["adapt"]["metrics"]["teacher_top1"] != stages["teacher"]["metrics"]["test_top1"]  # stale
+    assert stages["distill"]["metrics"]["teacher_top1"] == stages["teacher"]["metrics"]["test_top1"]

@@ -216,3 +216,23 @@ def test_a_stage_reads_an_optional_upstream_file_only_where_the_manifest_lists_i
     assert ctx.recorded("distill", "teacher_logits.pt") is None
     run.record("distill", {"outputs": [{"path": "distill/teacher_logits.pt", "sha256": "x", "bytes": 1}]})
     assert ctx.recorded("distill", "teacher_logits.pt") == run.root / "distill" / "teacher_logits.pt"
+
+
+def test_force_before_from_is_refused_and_status_calls_a_stage_this_config_skips_not_used(cli, smoke_run, tmp_path):
+    """'--from export --force distill' exited 0 without rerunning distill; status called adapt stale where
+    'compress all' skips it as not read by kd."""
+    assert cli(*smoke_run, "distill").exit_code == 0
+    forced = cli(*smoke_run, "all", "--from", "distill", "--to", "distill", "--force", "teacher")
+    assert forced.exit_code == 2 and "--force teacher comes before the first stage selected (distill)" in forced.output
+    status = cli(*smoke_run, "--set", "distill.method=kd", "--set", "teacher.lr=0.02", "status")
+    row = next(line for line in status.output.splitlines() if line.startswith("│ adapt"))
+    assert "not used" in row, status.output
+
+
+def test_all_does_not_end_with_an_earlier_configs_benchmark_table(cli, smoke_run, tmp_path):
+    """'compress all --to adapt' with a new setting printed the previous benchmark table as if it were the result."""
+    (tmp_path / "run" / "benchmark").mkdir(parents=True)
+    (tmp_path / "run" / "benchmark" / "results.json").write_text("{}")  # an earlier config's, never read here
+    result = cli(*smoke_run, "all", "--to", "teacher")
+    assert result.exit_code == 0, result.output
+    assert "benchmark is missing" in result.output and "holds an earlier config's results" in result.output

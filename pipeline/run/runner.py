@@ -223,6 +223,9 @@ class Runner:
         if force is not None and force not in selected and self.stages.index(force) > self.stages.index(selected[-1]):
             raise UserError(f"--force {force} comes after the last stage selected ({selected[-1]}); nothing would "
                             "rerun: drop --to or force an earlier stage")
+        if force is not None and force not in selected:
+            raise UserError(f"--force {force} comes before the first stage selected ({selected[0]}), which would "
+                            "not rerun it: drop --from or force a selected stage")
         forced = set(self.stages[self.stages.index(force):]) if force else set()
         wanted = self.needed(selected[-1])
         states = self.states(self.run.manifest())
@@ -310,8 +313,8 @@ class Runner:
         wanted = self.needed(self.stages[-1])
         rows = []
         for name in self.stages:
-            if name not in wanted and states[name] == "missing":
-                states[name] = "not used"  # by this config ('all' skips it)
+            if name not in wanted:
+                states[name] = "not used"  # by this config ('all' skips it, done or not)
             entry = manifest["stages"].get(name, {})
             seconds = entry.get("seconds")
             rows.append((name, states[name], entry.get("finished", "-"),
