@@ -30,11 +30,11 @@ def reference(ctx):
 def run(ctx) -> list[Path]:
     from pipeline.errors import UserError
     from pipeline.export import artifacts, onnx_tools
-    from pipeline.files import section_hash
+    from pipeline.files import sha256
 
     ecfg = ctx.cfg.export
     model, ckpt, ds, x, ref = reference(ctx)
-    meta = onnx_tools.model_metadata(ckpt, section_hash(ctx.cfg))
+    meta = onnx_tools.model_metadata(ckpt, sha256(ctx.input("distill", "student.pt")))
     out = artifacts.path_of(ctx, "onnx_fp32")
     with artifacts.conversion(ctx, "onnx_fp32") as entry:
         tmp = out.with_name(".export.tmp.onnx")

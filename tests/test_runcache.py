@@ -236,3 +236,15 @@ def test_all_does_not_end_with_an_earlier_configs_benchmark_table(cli, smoke_run
     result = cli(*smoke_run, "all", "--to", "teacher")
     assert result.exit_code == 0, result.output
     assert "benchmark is missing" in result.output and "holds an earlier config's results" in result.output
+
+
+def test_a_setting_that_does_not_change_the_exported_model_leaves_quantize_done(cli, smoke_run, tmp_path):
+    """The ONNX file carried a hash of the whole config, so export.parity_images (a check, not the model) changed
+    the file and reran quantize and benchmark (simplify reruns: its parity check reads that section)."""
+    cheap = ["--set", "quantize.tflite=[]", "--set", "quantize.targets=[x86]"]
+    assert cli(*smoke_run, *cheap, "quantize").exit_code == 0
+    onnx = (tmp_path / "run" / "export" / "onnx_fp32.onnx").read_bytes()
+    again = cli(*smoke_run, *cheap, "--set", "export.parity_images=16", "quantize")
+    assert again.exit_code == 0 and "export: done in" in again.output
+    assert "quantize: up to date, skipped" in again.output, again.output
+    assert (tmp_path / "run" / "export" / "onnx_fp32.onnx").read_bytes() == onnx

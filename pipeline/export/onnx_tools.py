@@ -15,14 +15,16 @@ from pipeline.errors import UserError
 INPUT, OUTPUT = "input", "logits"
 
 
-def model_metadata(ckpt: dict, config_hash: str) -> dict:
+def model_metadata(ckpt: dict, student_sha256: str) -> dict:
     """What a device needs to feed the model and read its output, from a checkpoint's meta (stored as
-    metadata_props, every value JSON so that lists and numbers read back with their types)."""
+    metadata_props, every value JSON so that lists and numbers read back with their types), and the sha256 of
+    the checkpoint it was made from. Not a hash of the config: a setting that does not change the model (the
+    parity check's image count) then changed the file and reran every stage after export."""
     meta = ckpt["meta"]
     return {"arch": ckpt["arch"], "dataset": meta.get("dataset", ""), "classes": list(meta["classes"]),
             "mean": list(meta["mean"]), "std": list(meta["std"]),
             "input_size": [meta["channels"], meta["size"], meta["size"]], "layout": "NCHW",
-            "normalization": "(pixel / 255 - mean) / std, per channel", "config_hash": config_hash}
+            "normalization": "(pixel / 255 - mean) / std, per channel", "student_sha256": student_sha256}
 
 
 def export(model, path: Path, channels: int, size: int, opset: int) -> None:
