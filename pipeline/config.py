@@ -239,6 +239,9 @@ def _check_whole(cfg: Config) -> Config:
     if 0 < cfg.data.image_size < 8:
         raise UserError(f"config key 'data.image_size' = {cfg.data.image_size} is too small; give 8 or more "
                         "(0 keeps the data set's own size)")
+    if cfg.data.dataset == "imagefolder" and not str(cfg.data.root).strip():  # "" is the working folder
+        raise UserError("data.dataset is imagefolder but data.root is empty; set data.root to the photo folder "
+                        "(one subfolder of images per class)")
     if cfg.teacher.epochs == 0 and not cfg.teacher.weights:
         raise UserError("teacher.epochs is 0 (use the weights as given) but teacher.weights is empty; "
                         "give a weights file or train for at least one epoch")

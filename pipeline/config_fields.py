@@ -78,6 +78,9 @@ def coerce(key: str, value, hint):
         return float(value)  # 1e-3: YAML 1.1 (PyYAML) reads exponents without a dot as strings
     if hint is str and isinstance(value, bool):
         return "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
+    if hint is str and isinstance(value, (int, float)):  # YAML read it as a number: 0123 as 83, 1.10 as 1.1
+        raise UserError(f"config key '{key}' expects text, got the number {value!r}; put the value in quotes "
+                        f"(in YAML: '...'; on the command line: --set \"{key}='...'\")")
     if hint is object or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise UserError(f"config key '{key}' expects {hint.__name__}, got {value!r}")
@@ -118,6 +121,7 @@ def build(cls: type, values: dict, prefix: str = "", root: type | None = None):
             raise unknown_key(full, root)
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
+            value = {} if value is None else value  # a section whose keys are all commented out
             if not isinstance(value, dict):
                 raise UserError(f"config section '{full}' must be a mapping, got {value!r}")
             kwargs[key] = build(hint, value, full + ".", root)
@@ -158,6 +162,8 @@ def parse_set(item: str) -> dict:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, int) and not isinstance(value, bool) and raw.strip().lstrip("+") != str(value):
+        value = raw.strip()  # 010 or 0123 (YAML 1.1 reads them as octal 8 and 83): kept as written
     nested: dict = value
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}

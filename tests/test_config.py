@@ -110,3 +110,23 @@ def test_edges_of_a_range_are_accepted():
 def test_a_binary_file_as_config_is_a_clear_error():
     with pytest.raises(UserError, match="not a text file"):
         config.load("/bin/ls")
+
+
+def test_numbers_written_with_leading_zeros_and_sections_with_every_key_commented_out(tmp_path):
+    """--set seed=010 trained with seed 8 (YAML 1.1 octal) and android.serial=0123 failed with 'got 83'; a section
+    whose keys were all commented out was 'must be a mapping, got None'."""
+    assert config.load("smoke", ["android.serial=0123"]).android.serial == "0123"
+    with pytest.raises(UserError, match="config key 'seed' expects int, got '010'"):
+        config.load("smoke", ["seed=010"])
+    with pytest.raises(UserError, match="expects text, got the number 2024; put the value in quotes"):
+        config.load("smoke", ["data.root=2024"])
+    assert config.load("smoke", ["seed=+7"]).seed == 7
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  # epochs: 3\nstudent:\n  epochs: 2\n")
+    assert config.load(str(path)).student.epochs == 2
+
+
+def test_a_photo_folder_config_without_a_folder_is_refused_before_anything_runs():
+    """data.root '' is the working folder: the scan walked the checkout and failed on an unrelated folder."""
+    with pytest.raises(UserError, match="data.root is empty; set data.root to the photo folder"):
+        config.load("smoke", ["data.dataset=imagefolder"])
