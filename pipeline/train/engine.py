@@ -164,8 +164,8 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     every epoch, its BatchNorm statistics recomputed first; the test split is evaluated once, on the final
     model (``FitResult.test``).
 
-    Writes ``metrics.jsonl``, ``last.pt`` (every epoch, for resume) and ``best.pt`` (best validation top-1)
-    into ``out_dir``. A ``last.pt`` written for the same ``fingerprint`` is resumed; one for another is ignored.
+    Writes ``metrics.jsonl`` and ``last.pt`` (every epoch, for resume) into ``out_dir``; the model handed on is
+    the last epoch's. A ``last.pt`` written for the same ``fingerprint`` is resumed; one for another is ignored.
     ``section``: the config section of ``cfg``, named in errors (default ``label``); ``distributed=False`` trains
     in this process alone under torchrun (a stage that rank 0 runs by itself).
     """
@@ -178,7 +178,6 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     if d.world > 1:
         t.net = nn.parallel.DistributedDataParallel(task, device_ids=[t.device.index] if t.device.type == "cuda"
                                                     else None)
-    best = max((h.get("val_top1", -1.0) for h in result.history), default=-1.0)
     for epoch in range(start, cfg.epochs):
         stats = _train_epoch(t, epoch, f"{label} {epoch + 1}/{cfg.epochs}")
         stats["bn_seconds"] = recalibrate_bn(model, ds, cfg, seed, d, **t.held_out)
@@ -192,9 +191,6 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
             console.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
                           f"train {row['train_top1']:.2%}  {val}{row['images_per_s']:.0f} img/s")
             _save_state(t, out_dir, result, fingerprint, epoch)
-            if row.get("val_top1", 1.0) > best:  # without a validation split, best.pt is the last epoch
-                best = row.get("val_top1", -1.0)
-                save_torch({k: v.cpu() for k, v in model.state_dict().items()}, out_dir / "best.pt")
     result.test = evaluate(model, ds, "test", **t.held_out)
     if d.main:
         result.bn_check = check_bn(model, ds, cfg.batch_size, seed, **t.held_out)
