@@ -55,7 +55,7 @@ def test_adapt_and_distill_write_their_files_and_metrics(done_run):
         assert ckpt["meta"]["dataset"] == "synthetic"
         assert (root / "distill" / name / "metrics.jsonl").read_text().count("\n") == 1
     assert (root / "distill" / "curves.png").stat().st_size > 1000
-    assert Runner(_cfg(), done_run, Console(quiet=True)).state("distill", done_run.manifest()) == "done"
+    assert Runner(_cfg(), done_run, Console(quiet=True)).states(done_run.manifest())["distill"] == "done"
 
 
 def _ctx(run, name, cfg):

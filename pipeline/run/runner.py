@@ -177,9 +177,6 @@ class Runner:
             known[name] = self._own_state(name, manifest, known)
         return known
 
-    def state(self, name: str, manifest: dict) -> str:
-        return self.states(manifest)[name]
-
     def _own_state(self, name: str, manifest: dict, known: dict[str, str]) -> str:
         entry = manifest["stages"].get(name)
         if not entry:
