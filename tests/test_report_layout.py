@@ -121,3 +121,10 @@ def test_the_table_and_the_sentence_state_one_speedup():
     cell = markdown.cells(int8, {})[7]
     sentence = next(x for x in markdown.story(rows, "host") if "Quantization" in x)
     assert cell == "12.6x" and "runs 12.6x faster" in sentence
+
+
+def test_a_ninth_device_gets_a_marker_too(tmp_path):
+    """Eight markers were zipped with the sorted device names: the ninth device had none and raised KeyError."""
+    rows = [_row("tflite_int8", 0.9, 0.2 + i, device=f"board{i}") for i in range(9)]
+    path = pareto.pareto_png(rows, {}, tmp_path / "pareto.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
