@@ -82,5 +82,6 @@ def rich_table(bench_dir: Path, max_drop: float):
         out.add_column(SHORT.get(COLUMNS[i], COLUMNS[i]), justify="left" if i < 2 else "right", no_wrap=i == 0)
     for row in rows:
         full = cells(row, best)
-        out.add_row(*(full[i] for i in keep), style=None if row["status"] == "ok" else "dim")
+        # Text, not markup: a device's name is free text from the board ('pi [x]', 'bench[/i]')
+        out.add_row(*(Text(full[i]) for i in keep), style=None if row["status"] == "ok" else "dim")
     return Group(out, *(Text(f"failed: {line}", style="dim") for line in failures(rows)))
