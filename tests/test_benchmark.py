@@ -183,6 +183,21 @@ def test_report_add_merges_and_refuses_other_runs(tmp_path, cli):
         run.root / "benchmark" / "report.md")  # recorded, so the stage is not made stale
 
 
+def test_report_add_refuses_a_device_named_like_the_host(tmp_path, cli):
+    """runner.py names a board by its hostname: a board called like the host was merged into the host's rows."""
+    run, doc = _run_with_results(tmp_path)
+    board = tmp_path / "board.json"
+    rows = [_row("tflite_int8", 0.9, 5.0, "tflite", "int8")]
+    board.write_text(json.dumps({**_doc("host", doc["run"]["run_id"], rows), "created": "2000-01-01T00:00:00"}))
+    before = (run.root / "benchmark" / "report.md").read_text()
+    result = cli("-r", str(run.root), "-c", "smoke", "report", "--add", str(board))
+    assert result.exit_code == 2, result.output
+    assert "device 'host' is the host's name; rerun runner.py --device NAME on the board" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (run.root / "benchmark" / "report.md").read_text() == before
+    assert not (run.root / "benchmark" / "devices").exists()
+
+
 @pytest.mark.slow
 def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
     cfg = smoke_config()

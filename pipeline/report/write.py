@@ -41,6 +41,9 @@ def add(run, files: list[Path], max_drop: float) -> list[Path]:
         if (d["machine"]["device"], d.get("created")) == (doc["machine"]["device"], doc.get("created")):
             raise UserError(f"{f} is this run's own benchmark/results.json, already in the report; give the "
                             "results.json a board or phone wrote")
+        if d["machine"]["device"] == doc["machine"]["device"]:  # its rows would pass for the host's
+            raise UserError(f"{f}: device '{d['machine']['device']}' is the host's name; rerun runner.py --device "
+                            "NAME on the board")
         if d["run"]["run_id"] != doc["run"]["run_id"]:
             raise UserError(f"{f} was measured on the models of run {d['run']['run_id']}, not this run's "
                             f"{doc['run']['run_id']}; rebuild the bundle from this run and measure again")
