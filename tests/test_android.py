@@ -103,14 +103,16 @@ def test_bench_android_merges_into_the_report(phone):
     assert "Pixel 7" in (run.root / "benchmark" / "report.md").read_text()
 
 
-def test_delegate_and_failed_model(phone, monkeypatch):
+def test_delegate_and_a_phone_that_measured_nothing(phone, monkeypatch, cli):
+    """Every model failed: the command says why and exits 2, and no device of failed rows joins the report."""
     run, calls = phone
     monkeypatch.setenv("FAKE_ADB_LOG", str(FIXTURES / "benchmark_model_failed.txt"))
-    cfg = config_mod.load("smoke", ["android.delegate=gpu"])
-    android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
-    device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
-    assert device["rows"][0]["status"] == "failed" and "allocate tensors" in device["rows"][0]["reason"]
+    result = cli("-c", "smoke", "-r", str(run.root), "--set", "android.delegate=gpu", "bench-android", "tflite_int8")
+    assert result.exit_code == 2, result.output
+    assert "no model was measured (tflite_int8: benchmark_model failed:" in result.output
+    assert "allocate tensors" in result.output and len(result.output.strip().splitlines()) == 1
     assert "--use_gpu=true" in calls.read_text()
+    assert not (run.root / "benchmark" / "devices").exists()
 
 
 def test_no_device_and_no_adb_are_one_line_errors(phone, monkeypatch, cli, tmp_path):
@@ -130,8 +132,9 @@ def test_only_tflite_models(phone):
         android_report.bench(run, cfg, cfg.android, ["onnx_fp32"])
 
 
-def test_odd_phone_output_fails_one_row_not_the_command(phone, monkeypatch, tmp_path):
-    """A vendor log with bytes that are not UTF-8 still parses; a malformed number fails that model only."""
+def test_odd_phone_output(phone, monkeypatch, tmp_path):
+    """A vendor log with bytes that are not UTF-8 still parses; a malformed number fails that model (here the only
+    one, so nothing is merged and the earlier result stays)."""
     run, _ = phone
     good = (FIXTURES / "benchmark_model_xnnpack.txt").read_bytes()
     noisy = tmp_path / "noisy.txt"
@@ -144,6 +147,7 @@ def test_odd_phone_output_fails_one_row_not_the_command(phone, monkeypatch, tmp_
     broken = tmp_path / "broken.txt"
     broken.write_text(good.decode().replace("avg=", "avg=1.2.", 2))
     monkeypatch.setenv("FAKE_ADB_LOG", str(broken))
-    android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
+    with pytest.raises(UserError, match="no model was measured .tflite_int8: benchmark_model failed"):
+        android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
     device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
-    assert device["rows"][0]["status"] == "failed" and "benchmark_model failed" in device["rows"][0]["reason"]
+    assert device["rows"][0]["status"] == "ok"  # the earlier result stays

@@ -198,6 +198,20 @@ def test_report_add_refuses_a_device_named_like_the_host(tmp_path, cli):
     assert not (run.root / "benchmark" / "devices").exists()
 
 
+def test_report_add_refuses_a_result_in_which_nothing_was_measured(tmp_path, cli):
+    """runner.py writes its results.json even when every model failed (e.g. no runtime installed)."""
+    run, doc = _run_with_results(tmp_path)
+    failed = {"artifact": "tflite_int8", "status": "failed", "reason": "no TFLite runtime installed"}
+    board = tmp_path / "board.json"
+    board.write_text(json.dumps(_doc("pi4", doc["run"]["run_id"], [failed, {**failed, "artifact": "onnx_fp32"}])))
+    before = (run.root / "benchmark" / "report.md").read_text()
+    result = cli("-r", str(run.root), "-c", "smoke", "report", "--add", str(board))
+    assert result.exit_code == 2, result.output
+    assert "no model was measured (tflite_int8: no TFLite runtime installed)" in result.output
+    assert (run.root / "benchmark" / "report.md").read_text() == before
+    assert not (run.root / "benchmark" / "devices").exists()
+
+
 @pytest.mark.slow
 def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
     cfg = smoke_config()

@@ -47,6 +47,7 @@ def add(run, files: list[Path], max_drop: float) -> list[Path]:
         if d["run"]["run_id"] != doc["run"]["run_id"]:
             raise UserError(f"{f} was measured on the models of run {d['run']['run_id']}, not this run's "
                             f"{doc['run']['run_id']}; rebuild the bundle from this run and measure again")
+        measured(d["rows"], str(f))
     for d in docs:
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in d["machine"]["device"])
         target = bench / DEVICES / f"{name}.json"
@@ -63,6 +64,14 @@ def add(run, files: list[Path], max_drop: float) -> list[Path]:
         entry["outputs"] = keep + [file_record(p, run.root) for p in outputs]
         run.record("benchmark", entry)
     return outputs
+
+
+def measured(rows: list[dict], where: str) -> None:
+    """A device result in which no model was measured is refused with the first reason: merged, it would add
+    a device of 'failed' rows to the report as if it were a result."""
+    if not any(r["status"] == "ok" for r in rows):
+        first = next((f"{r['artifact']}: {r.get('reason', 'failed')}" for r in rows), "it has no rows")
+        raise UserError(f"{where}: no model was measured ({first}); fix that and measure again (nothing merged)")
 
 
 def rich_table(bench_dir: Path, max_drop: float):
