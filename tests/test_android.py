@@ -97,7 +97,7 @@ def test_bench_android_merges_into_the_report(phone):
     row = device["rows"][0]
     assert row["status"] == "ok" and row["top1"] == 0.9 and row["accuracy_source"].startswith("host")
     assert row["latency"]["one_thread"]["p50_ms"] == pytest.approx(51.891)
-    assert device["machine"]["device"] == "Pixel 7 (emulator-5554)" and device["machine"]["cores"] == 8
+    assert device["machine"]["device"] == "Pixel 7 (emulator-5554, xnnpack)" and device["machine"]["cores"] == 8
     log = calls.read_text()
     assert "push" in log and "--num_threads=1" in log and "--num_threads=4" in log and "--use_xnnpack=true" in log
     assert "Pixel 7" in (run.root / "benchmark" / "report.md").read_text()
@@ -113,6 +113,20 @@ def test_delegate_and_a_phone_that_measured_nothing(phone, monkeypatch, cli):
     assert "allocate tensors" in result.output and len(result.output.strip().splitlines()) == 1
     assert "--use_gpu=true" in calls.read_text()
     assert not (run.root / "benchmark" / "devices").exists()
+
+
+def test_each_delegate_is_a_device_of_its_own(phone, monkeypatch):
+    """A gpu run replaced the xnnpack rows of the same phone, and no table said which delegate it was."""
+    run, _ = phone
+    for delegate, log in (("xnnpack", "benchmark_model_xnnpack.txt"), ("gpu", "benchmark_model_old.txt")):
+        monkeypatch.setenv("FAKE_ADB_LOG", str(FIXTURES / log))
+        cfg = config_mod.load("smoke", [f"android.delegate={delegate}"])
+        android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
+    docs = [json.loads(p.read_text()) for p in sorted((run.root / "benchmark" / "devices").glob("*.json"))]
+    assert [(d["machine"]["device"], d["rows"][0]["delegate"]) for d in docs] == [
+        ("Pixel 7 (emulator-5554, gpu)", "gpu"), ("Pixel 7 (emulator-5554, xnnpack)", "xnnpack")]
+    report = (run.root / "benchmark" / "report.md").read_text()
+    assert "| Pixel 7 (emulator-5554, gpu) |" in report and "| Pixel 7 (emulator-5554, xnnpack) |" in report
 
 
 def test_no_device_and_no_adb_are_one_line_errors(phone, monkeypatch, cli, tmp_path):
