@@ -40,8 +40,12 @@ class Adb:
         cmd = [self.path, *(["-s", self.serial] if self.serial else []), *args]
         # its own process group, so that a timeout also stops what adb started; bytes that are not UTF-8
         # (a vendor's log) are replaced, not fatal
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-                                start_new_session=True)
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    errors="replace", start_new_session=True)
+        except OSError as exc:  # no execute bit, another architecture's binary, not a program at all
+            raise UserError(f"cannot run adb '{self.path}': {exc.strerror}; set android.adb to platform-tools' adb "
+                            "(chmod +x it if it lost its execute bit)") from None
         try:
             out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:

@@ -139,6 +139,17 @@ def test_no_device_and_no_adb_are_one_line_errors(phone, monkeypatch, cli, tmp_p
     assert not (run.root / "benchmark" / "devices").exists()  # nothing half-written
 
 
+def test_an_adb_that_cannot_be_run_is_a_one_line_error(phone, cli, tmp_path):
+    """An adb unzipped without its execute bit (or any other file) raised PermissionError: internal error."""
+    run, _ = phone
+    plain = tmp_path / "adb-no-x"
+    plain.write_text("#!/bin/sh\n")
+    result = cli("-c", "smoke", "-r", str(run.root), "--set", f"android.adb={plain}", "bench-android")
+    assert result.exit_code == 2, result.output
+    assert f"cannot run adb '{plain}': Permission denied" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_only_tflite_models(phone):
     run, _ = phone
     cfg = config_mod.load("smoke")
