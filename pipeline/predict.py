@@ -57,8 +57,14 @@ def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as img:
             pixels = fit(img, size, "L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:  # a huge scan, or a damaged header claiming billions of pixels
+        raise UserError(f"{path} has more pixels than Pillow decodes ({exc.args[0].split(' exceeds')[0]}); "
+                        "scale it down, or check that the file is not damaged") from exc
+    except UnidentifiedImageError as exc:
         raise UserError(f"{path} is not an image file that can be read ({type(exc).__name__}); "
+                        "give PNG, JPEG or another common image format") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types: OSError, SyntaxError, ValueError (Lab)...
+        raise UserError(f"{path} is not an image file that can be read ({type(exc).__name__}: {exc}); "
                         "give PNG, JPEG or another common image format") from exc
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 

@@ -59,3 +59,23 @@ def test_a_path_that_is_not_an_image_file_says_what_it_is(tmp_path, make, messag
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _lab_tiff(path):
+    Image.new("LAB", (20, 20)).save(path)  # Photoshop saves these; Pillow cannot make L of Lab
+
+
+def _big_png(path):
+    Image.new("L", (40, 40)).save(path)  # over twice the lowered pixel limit: DecompressionBombError
+
+
+@pytest.mark.parametrize("make, message", [
+    (_lab_tiff, r"x.tif is not an image file that can be read \(ValueError: conversion from LAB to \w+ not supported"),
+    (_big_png, r"x.tif has more pixels than Pillow decodes \(Image size \(1600 pixels\)\); scale it down"),
+], ids=["lab", "huge"])
+def test_an_image_pillow_cannot_convert_or_decode_is_a_one_line_error(tmp_path, monkeypatch, make, message):
+    """These ended in 'internal error' (exit 1) and, for a batch, without naming the file."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    make(tmp_path / "x.tif")
+    with pytest.raises(UserError, match=message):
+        predict.load_image(tmp_path / "x.tif", 1, (8, 8))  # a grey model, as the smoke run's
