@@ -71,7 +71,7 @@ def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
 
 def predict(run_root: Path, images: list[Path], artifact: str | None, top: int, max_drop: float):
     """(artifact name, [(image, [(class, probability), ...]), ...])."""
-    from deploy.runner import OnnxModel, TfliteModel, normalize
+    from deploy.runner import OnnxModel, RuntimeMissing, TfliteModel, normalize
 
     fmt = choose(run_root, artifact, max_drop)
     path = run_root / fmt.stage / fmt.filename()
@@ -80,7 +80,10 @@ def predict(run_root: Path, images: list[Path], artifact: str | None, top: int, 
     meta = metadata(path, fmt)
     c, h, w = meta["input_size"] if meta.get("layout", "NCHW") == "NCHW" else np.roll(meta["input_size"], 1)
     batch = np.stack([load_image(Path(p), c, (h, w)) for p in images])  # every file checked before running
-    model = (TfliteModel if fmt.runtime == "tflite" else OnnxModel)(str(path), 1, (c, h, w))
+    try:
+        model = (TfliteModel if fmt.runtime == "tflite" else OnnxModel)(str(path), 1, (c, h, w))
+    except RuntimeMissing as exc:  # its message is the pip command
+        raise UserError(str(exc)) from None
     x = normalize(batch, meta["mean"], meta["std"])
     out = []
     for image, row in zip(images, x):

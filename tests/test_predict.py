@@ -79,3 +79,17 @@ def test_an_image_pillow_cannot_convert_or_decode_is_a_one_line_error(tmp_path, 
     make(tmp_path / "x.tif")
     with pytest.raises(UserError, match=message):
         predict.load_image(tmp_path / "x.tif", 1, (8, 8))  # a grey model, as the smoke run's
+
+
+def test_a_missing_runtime_is_a_one_line_error_saying_what_to_install(tmp_path, monkeypatch):
+    """RuntimeMissing is not a UserError: predict ended in 'internal error' (exit 1) instead of the pip line."""
+    import sys
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "onnx_fp32.onnx").write_bytes(b"unused: the runtime import fails first")
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    meta = {"mean": [0.5], "std": [0.5], "input_size": [1, 8, 8], "classes": ["a", "b"]}
+    monkeypatch.setattr(predict, "metadata", lambda path, fmt: meta)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match="onnxruntime is not installed: pip install onnxruntime"):
+        predict.predict(tmp_path, [tmp_path / "x.png"], "onnx_fp32", 1, 0.5)
