@@ -175,6 +175,20 @@ def test_inspect_prints_the_audit_and_refuses_what_it_cannot_read(tmp_path, cli)
         assert result.exit_code == 2 and words in result.output, result.output
 
 
+def test_inspect_takes_an_upper_case_suffix(tmp_path, cli, monkeypatch):
+    """'MODEL.ONNX' was refused as 'not a .tflite or .onnx file'."""
+    torch.manual_seed(0)
+    _, int8 = _ort_int8(tmp_path, Tiny())
+    upper = tmp_path / "M [b].ONNX"
+    upper.write_bytes(int8.read_bytes())
+    result = cli("inspect", str(upper))
+    assert result.exit_code == 0 and "int8 kernels 100% of MACs" in result.output, result.output
+    for module in ("ai_edge_litert", "ai_edge_litert.interpreter"):  # .TFLITE goes to the TFLite audit
+        monkeypatch.setitem(sys.modules, module, None)
+    (tmp_path / "M.TFLITE").write_bytes(b"a model file")
+    assert "ai-edge-litert is not installed" in cli("inspect", str(tmp_path / "M.TFLITE")).output
+
+
 @pytest.mark.parametrize("name, modules, package", [
     ("m.tflite", ("ai_edge_litert", "ai_edge_litert.interpreter"), "ai-edge-litert"),
     ("m.onnx", ("onnxruntime",), "onnxruntime")])
