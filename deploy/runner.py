@@ -23,7 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # on a board where the README's pip step was skipped: one line, not a traceback
+    print("error: numpy is not installed; run: pip install -r requirements.txt", file=sys.stderr)
+    sys.exit(2)
 
 SCHEMA = "compress.results/1"
 DEFAULTS = {"warmup_runs": 20, "min_runs": 200, "min_seconds": 1.0, "threads": 0, "throughput_batch": 64,
@@ -402,6 +406,10 @@ def main(argv=None) -> int:
         return 0
     if not (args.bundle / "bundle.json").is_file():
         print(f"error: {args.bundle / 'bundle.json'} not found; run from an unpacked bundle or pass --bundle",
+              file=sys.stderr)
+        return 2
+    if not args.out.parent.is_dir():  # checked now, not after minutes of measuring
+        print(f"error: --out {args.out}: folder {args.out.parent} does not exist; create it or pass another --out",
               file=sys.stderr)
         return 2
     doc = run_bundle(args.bundle, args.out, args.threads, args.device, args.accuracy_only)

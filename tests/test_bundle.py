@@ -100,6 +100,30 @@ def test_an_out_that_cannot_be_written_is_one_line(tflite_run, tmp_path, cli):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_runner_refuses_an_out_in_a_missing_folder_before_measuring(tmp_path, monkeypatch, capsys):
+    """It measured every model (minutes on a Pi), then lost them all to a FileNotFoundError traceback."""
+    from deploy import runner
+
+    (tmp_path / "bundle.json").write_text("{}")
+    monkeypatch.setattr(runner, "run_bundle", lambda *a: pytest.fail("measured before checking --out"))
+    out = tmp_path / "nowhere" / "r.json"
+    assert runner.main(["--bundle", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {out.parent} does not exist; create it or pass another --out" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_runner_without_numpy_says_what_to_install(tmp_path):
+    shadow = tmp_path / "shadow" / "numpy"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named numpy')\n")
+    runner = Path(bundle.__file__).with_name("runner.py")
+    proc = subprocess.run([sys.executable, str(runner)], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(tmp_path / "shadow"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert proc.stderr == "error: numpy is not installed; run: pip install -r requirements.txt\n"
+
+
 def test_runtime_option_packs_tflite_runtime_with_numpy_1(tflite_run, tmp_path, cli):
     out = tmp_path / "b.tar.gz"
     result = cli("-c", "smoke", "-r", str(tflite_run.root), "bundle", "--runtime", "tflite-runtime", "--out", str(out))
