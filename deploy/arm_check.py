@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from deploy.runner import BUNDLE_SCHEMA
 from pipeline.errors import UserError
 
 DEVICE = "arm64 (emulated)"
@@ -186,6 +187,9 @@ def unpack(bundle: Path, dest: Path) -> Path:
         spec = json.loads((folder / "bundle.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{bundle} has no readable bundle.json; rebuild it with 'compress bundle'") from None
+    if not isinstance(spec, dict) or spec.get("schema") != BUNDLE_SCHEMA:
+        raise UserError(f"{bundle}: its bundle.json is not of format {BUNDLE_SCHEMA}; rebuild the bundle with "
+                        "'compress bundle'")
     if not spec.get("models"):
         raise UserError(f"{bundle} carries no models; rebuild it with 'compress bundle --format NAME'")
     return folder

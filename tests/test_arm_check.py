@@ -64,9 +64,16 @@ def test_refuses_without_qemu(monkeypatch, tmp_path):
 
 def test_refuses_a_bundle_without_models(tmp_path):
     with pytest.raises(UserError, match="carries no models"):
-        arm_check.unpack(_tar(tmp_path / "b.tar.gz", {"models": []}), tmp_path / "u")
+        arm_check.unpack(_tar(tmp_path / "b.tar.gz", {"schema": runner.BUNDLE_SCHEMA, "models": []}), tmp_path / "u")
     with pytest.raises(UserError, match="is not a bundle"):
         arm_check.unpack(tmp_path / "missing.tar.gz", tmp_path / "u")
+
+
+def test_refuses_a_bundle_of_another_format(tmp_path):
+    """It was accepted, and failed later with a KeyError."""
+    old = _tar(tmp_path / "b.tar.gz", {"schema": "compress.bundle/0", "models": [{"artifact": "x"}]})
+    with pytest.raises(UserError, match="bundle.json is not of format compress.bundle/1; rebuild the bundle"):
+        arm_check.unpack(old, tmp_path / "u")
 
 
 def test_cli_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):

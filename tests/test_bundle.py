@@ -57,6 +57,7 @@ def test_bundle_contents(tflite_run, tmp_path):
     assert spec["run"]["run_id"] == inventory.run_info(tflite_run.root)["run_id"]
     assert [m["artifact"] for m in spec["models"]] == ["tflite_int8", "tflite_fp32"]
     assert spec["models"][0]["meta"]["mean"] and (folder / spec["models"][0]["file"]).is_file()
+    assert [m["meta"]["layout"] for m in spec["models"]] == ["NHWC", "NHWC"]  # the data's NCHW was copied here
     assert (folder / "requirements.txt").read_text().split() == ["numpy>=1.23.2", "ai-edge-litert==2.3.0"]
     assert "pip install -r requirements.txt      # numpy>=1.23.2 + ai-edge-litert==2.3.0" in (
         folder / "README.md").read_text()
@@ -122,6 +123,17 @@ def test_runner_without_numpy_says_what_to_install(tmp_path):
                           env={"PYTHONPATH": str(tmp_path / "shadow"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     assert proc.stderr == "error: numpy is not installed; run: pip install -r requirements.txt\n"
+
+
+def test_runner_refuses_a_bundle_of_another_format(tmp_path):
+    """Any bundle.json was accepted: one of another format failed with a KeyError traceback."""
+    (tmp_path / "bundle.json").write_text(json.dumps({"schema": "compress.bundle/0", "entries": []}))
+    runner = Path(bundle.__file__).with_name("runner.py")
+    proc = subprocess.run([sys.executable, str(runner), "--bundle", str(tmp_path), "--out", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: {tmp_path / 'bundle.json'} is of format 'compress.bundle/0', not "
+                           "'compress.bundle/1'; rebuild the bundle with 'compress bundle' and copy it here again\n")
 
 
 def test_runtime_option_packs_tflite_runtime_with_numpy_1(tflite_run, tmp_path, cli):
