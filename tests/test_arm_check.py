@@ -92,6 +92,21 @@ def test_compress_bundle_check_arm_without_root_exits_2(tmp_path, monkeypatch, c
     assert result.exit_code == 2 and "needs root" in result.output, result.output
 
 
+def test_a_failed_runner_gives_its_real_reason_not_its_last_line(tmp_path):
+    """The error said 'failed (exit 2): wrote .../host.json': stdout's last line, not why."""
+    import sys
+
+    out = tmp_path / "host.json"
+    failed = {"artifact": "tflite_int8", "status": "failed", "reason": "error: no TFLite runtime installed"}
+    out.write_text(json.dumps(_doc([failed, {**failed, "artifact": "onnx_fp32"}], "arm64 (emulated)")))
+    quiet = [sys.executable, "-c", f"print('tflite_int8 FAILED'); print('wrote {out}'); raise SystemExit(2)"]
+    with pytest.raises(UserError, match=r"runner failed \(exit 2\): tflite_int8: error: no TFLite runtime installed$"):
+        arm_check._run(quiet, "runner", results=out)
+    loud = [sys.executable, "-c", "import sys; print('wrote x'); sys.exit('error: bundle.json not found')"]
+    with pytest.raises(UserError, match=r"runner failed \(exit 1\): error: bundle.json not found$"):
+        arm_check._run(loud, "runner", results=out)
+
+
 # --- comparing per image ----------------------------------------------------------------------------------------
 
 def test_compare_counts_images_not_totals():
