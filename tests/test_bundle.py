@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fixtures.bench_run import make_tflite
@@ -64,6 +65,25 @@ def test_bundle_contents(tflite_run, tmp_path):
     assert "import torch" not in (folder / "runner.py").read_text()
     import numpy as np
     assert len(np.load(folder / "eval.npz")["labels"]) == 100
+
+
+def test_the_eval_subset_covers_every_class_in_proportion(tmp_path):
+    """It was the first N test images, and a photo folder's test split is sorted by class: the board's top-1
+    covered the first classes only."""
+    import numpy as np
+    import torch
+
+    labels = torch.tensor([0] * 20 + [1] * 10 + [2] * 10 + [3] * 10)  # class-sorted, as photo_scan lists them
+    ds = SimpleNamespace(test_x=torch.arange(50, dtype=torch.uint8).reshape(50, 1, 1, 1), test_y=labels,
+                         mean=[0.5], std=[0.5])
+    first = np.load(inventory.write_eval_set(tmp_path / "a.npz", ds, 20))
+    again = np.load(inventory.write_eval_set(tmp_path / "b.npz", ds, 20))
+    assert np.bincount(first["labels"]).tolist() == [8, 4, 4, 4]
+    assert (first["images"] == again["images"]).all()  # the same images every time: host and boards compare
+    picked = first["images"].ravel()
+    assert (np.diff(picked) > 0).all() and (labels.numpy()[picked] == first["labels"]).all()  # in split order
+    every = np.load(inventory.write_eval_set(tmp_path / "c.npz", ds, 0))  # 0 or >= the split: all, unchanged
+    assert (every["images"].ravel() == np.arange(50)).all() and (every["labels"] == labels.numpy()).all()
 
 
 def test_bundle_refuses_missing_or_torch_models(tflite_run):
