@@ -40,8 +40,12 @@ class Adb:
         cmd = [self.path, *(["-s", self.serial] if self.serial else []), *args]
         # its own process group, so that a timeout also stops what adb started; bytes that are not UTF-8
         # (a vendor's log) are replaced, not fatal
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-                                start_new_session=True)
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    errors="replace", start_new_session=True)
+        except OSError as exc:  # no execute bit, another architecture's binary, not a program at all
+            raise UserError(f"cannot run adb '{self.path}': {exc.strerror}; set android.adb to platform-tools' adb "
+                            "(chmod +x it if it lost its execute bit)") from None
         try:
             out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -93,12 +97,14 @@ def parse(text: str) -> dict:
             "memory_delta_mb": float(delta.group(1)) if delta else None}
 
 
-def machine(adb: Adb, serial: str) -> dict:
+def machine(adb: Adb, serial: str, delegate: str) -> dict:
+    """The phone as a report device; the delegate is part of its name, so an xnnpack and a gpu run of one
+    phone are two devices in the report, not one replacing the other."""
     prop = lambda key: adb("shell", "getprop", key, check=False).strip()  # noqa: E731
     cores = adb("shell", "cat", "/sys/devices/system/cpu/present", check=False).strip()
     count = int(cores.split("-")[-1]) + 1 if re.fullmatch(r"\d+(-\d+)?", cores) else None
     model = " ".join(prop("ro.product.model").split()) or "android"  # one line: it heads a report column
-    return {"device": f"{model} ({serial})", "cpu": prop("ro.soc.model") or prop("ro.board.platform"),
+    return {"device": f"{model} ({serial}, {delegate})", "cpu": prop("ro.soc.model") or prop("ro.board.platform"),
             "cores": count, "arch": prop("ro.product.cpu.abi"), "os": f"Android {prop('ro.build.version.release')}",
             "python": None, "runtimes": {"benchmark_model": "TFLite benchmark_model"}}
 
@@ -131,7 +137,8 @@ def measure(acfg, files: list[tuple], host: dict) -> tuple[dict, list[dict]]:
     check_delegate(acfg)
     adb = Adb(acfg)
     serial = adb.device()
-    phone = machine(adb, serial)  # first: a phone that stops answering later must not cost the timings taken
+    # first: a phone that stops answering later must not cost the timings taken
+    phone = machine(adb, serial, acfg.delegate)
     rows = []
     for fmt, local in files:
         if not local.is_file():

@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from deploy.runner import BUNDLE_SCHEMA
 from pipeline.errors import UserError
 
 DEVICE = "arm64 (emulated)"
@@ -90,11 +91,19 @@ def _try(argv: list) -> str:
     return (proc.stdout + proc.stderr).strip() or f"exit code {proc.returncode}"
 
 
-def _run(argv: list, what: str, timeout: float = 1800, **kw) -> subprocess.CompletedProcess:
+def _run(argv: list, what: str, timeout: float = 1800, results: Path | None = None,
+         **kw) -> subprocess.CompletedProcess:
+    """``argv``, or a UserError with why it failed: stderr's last line; else, for runner.py (exit 2: no model
+    measured), the first failed row's reason in its ``results`` file, as its own last line is 'wrote ...';
+    else stdout's last line."""
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
     if proc.returncode != 0:
-        tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
-        raise UserError(f"{what} failed (exit {proc.returncode}): {tail[0][:300]}")
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        if not lines and proc.returncode == 2 and results is not None and results.is_file():
+            rows = json.loads(results.read_text())["rows"]
+            lines = [f"{r['artifact']}: {r['reason']}" for r in rows if r["status"] != "ok"][:1]
+        lines = lines or [ln for ln in proc.stdout.splitlines() if ln.strip()] or ["no output"]
+        raise UserError(f"{what} failed (exit {proc.returncode}): {lines[-1][:300]}")
     return proc
 
 
@@ -122,7 +131,8 @@ def ensure_tree(cache: Path, interpreter: str) -> Path:
     return tree
 
 
-def chroot(tree: Path, argv: list, binds: dict, what: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+def chroot(tree: Path, argv: list, binds: dict, what: str, timeout: float = 3600,
+           results: Path | None = None) -> subprocess.CompletedProcess:
     """``argv`` inside ``tree`` with /proc, /sys, /dev and ``binds`` {host dir: path inside} mounted, in a mount
     namespace of its own so nothing stays mounted when it ends (or crashes)."""
     # paths reach the shell through the environment, never pasted into its text
@@ -134,7 +144,7 @@ def chroot(tree: Path, argv: list, binds: dict, what: str, timeout: float = 3600
            **{f"B{i}": str(src) for i, src in enumerate(binds)}}
     script.append('exec chroot "$T" "$@"')
     return _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(script), "sh", *argv],
-                what, timeout=timeout, env=env)
+                what, timeout=timeout, results=results, env=env)
 
 
 def download_wheels(requirements: str, cache: Path) -> Path:
@@ -186,6 +196,9 @@ def unpack(bundle: Path, dest: Path) -> Path:
         spec = json.loads((folder / "bundle.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{bundle} has no readable bundle.json; rebuild it with 'compress bundle'") from None
+    if not isinstance(spec, dict) or spec.get("schema") != BUNDLE_SCHEMA:
+        raise UserError(f"{bundle}: its bundle.json is not of format {BUNDLE_SCHEMA}; rebuild the bundle with "
+                        "'compress bundle'")
     if not spec.get("models"):
         raise UserError(f"{bundle} carries no models; rebuild it with 'compress bundle --format NAME'")
     return folder
@@ -256,10 +269,11 @@ def check(bundle: Path, out: Path, cache: Path | None = None, log=print) -> tupl
         log(f"arm64 tree {tree} (qemu {qemu['qemu']}); running the bundle on the host, then in the tree")
         flags = ["--device", DEVICE, "--accuracy-only"]
         _run([sys.executable, str(folder / "runner.py"), "--bundle", str(folder), "--out", str(folder / "host.json"),
-              *flags], "the bundle's runner on the host")
+              *flags], "the bundle's runner on the host", results=folder / "host.json")
         times["host_run"], lap = time.perf_counter() - lap, time.perf_counter()
         chroot(tree, [python, "/mnt/bundle/runner.py", "--bundle", "/mnt/bundle", "--out", "/mnt/bundle/arm64.json",
-                      *flags], {folder: "/mnt/bundle"}, "the bundle's runner in the arm64 tree")
+                      *flags], {folder: "/mnt/bundle"}, "the bundle's runner in the arm64 tree",
+               results=folder / "arm64.json")
         times["arm_run"] = time.perf_counter() - lap
         host, arm = (json.loads((folder / f).read_text()) for f in ("host.json", "arm64.json"))
     rows = compare(host, arm)

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from deploy.runner import BUNDLE_SCHEMA
 from pipeline.errors import UserError
 
-BUNDLE_SCHEMA = "compress.bundle/1"
 TOP = "compress-bundle"
 # bundle.runtime / --runtime: the TFLite runtime a board installs, pinned, with the numpy it runs with. ai-edge-litert
 # 2.3.0 first: under the emulated arm64 check its XNNPACK takes an int8 file whole (1 partition), tflite-runtime
@@ -53,7 +53,8 @@ def _model_entry(run, manifest: dict, name: str, meta: dict) -> tuple[dict, Path
         raise UserError(f"'{name}' is a PyTorch checkpoint; a bundle carries ONNX or TFLite models only")
     path = inventory.locate(run.root, manifest, name)
     entry = {"artifact": name, "format": name, "runtime": fmt.runtime, "precision": fmt.precision,
-             "bytes": path.stat().st_size, "file": f"models/{path.name}", "meta": meta}
+             "bytes": path.stat().st_size, "file": f"models/{path.name}",
+             "meta": {**meta, "layout": fmt.options.get("layout", "NCHW")}}  # TFLite files are NHWC
     return entry, path
 
 

@@ -23,15 +23,24 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # on a board where the README's pip step was skipped: one line, not a traceback
+    print("error: numpy is not installed; run: pip install -r requirements.txt", file=sys.stderr)
+    sys.exit(2)
 
 SCHEMA = "compress.results/1"
+BUNDLE_SCHEMA = "compress.bundle/1"  # bundle.json, which deploy/bundle.py writes and this file reads
 DEFAULTS = {"warmup_runs": 20, "min_runs": 200, "min_seconds": 1.0, "threads": 0, "throughput_batch": 64,
             "throughput_seconds": 1.0, "eval_batch": 256}
 
 
 class RuntimeMissing(Exception):
     """The runtime a model needs is not installed; the message says what to install."""
+
+
+class BadBundle(Exception):
+    """A bundle.json of another format; the message says to rebuild the bundle."""
 
 
 def tflite_interpreter():
@@ -361,6 +370,10 @@ def run_bundle(folder: Path, out: Path, threads: int, device: str, accuracy_only
     """Measure every model a bundle lists; write and return the results document. Rows carry each image's
     predicted class (the bundle's eval set is small) so another machine's results can be compared per image."""
     spec = json.loads((folder / "bundle.json").read_text())
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if schema != BUNDLE_SCHEMA:  # its keys may differ: a KeyError halfway would say nothing
+        raise BadBundle(f"{folder / 'bundle.json'} is of format {schema!r}, not {BUNDLE_SCHEMA!r}; rebuild the "
+                        "bundle with 'compress bundle' and copy it here again")
     settings = {**spec["settings"], **({"threads": threads} if threads else {}), "predictions": True,
                 **({"accuracy_only": True} if accuracy_only else {})}
     rows = []
@@ -404,6 +417,10 @@ def main(argv=None) -> int:
         print(f"error: {args.bundle / 'bundle.json'} not found; run from an unpacked bundle or pass --bundle",
               file=sys.stderr)
         return 2
+    if not args.out.parent.is_dir():  # checked now, not after minutes of measuring
+        print(f"error: --out {args.out}: folder {args.out.parent} does not exist; create it or pass another --out",
+              file=sys.stderr)
+        return 2
     doc = run_bundle(args.bundle, args.out, args.threads, args.device, args.accuracy_only)
     return 0 if any(r["status"] == "ok" for r in doc["rows"]) else 2
 
@@ -411,6 +428,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except RuntimeMissing as exc:
+    except (RuntimeMissing, BadBundle) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

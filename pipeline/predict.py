@@ -57,15 +57,21 @@ def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as img:
             pixels = fit(img, size, "L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:  # a huge scan, or a damaged header claiming billions of pixels
+        raise UserError(f"{path} has more pixels than Pillow decodes ({exc.args[0].split(' exceeds')[0]}); "
+                        "scale it down, or check that the file is not damaged") from exc
+    except UnidentifiedImageError as exc:
         raise UserError(f"{path} is not an image file that can be read ({type(exc).__name__}); "
+                        "give PNG, JPEG or another common image format") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types: OSError, SyntaxError, ValueError (Lab)...
+        raise UserError(f"{path} is not an image file that can be read ({type(exc).__name__}: {exc}); "
                         "give PNG, JPEG or another common image format") from exc
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
 def predict(run_root: Path, manifest: dict, images: list[Path], artifact: str | None, top: int, max_drop: float):
     """(artifact name, [(image, [(class, probability), ...]), ...])."""
-    from deploy.runner import OnnxModel, TfliteModel, normalize
+    from deploy.runner import OnnxModel, RuntimeMissing, TfliteModel, normalize
     from pipeline.export.inventory import locate
 
     fmt = choose(run_root, artifact, max_drop)
@@ -73,7 +79,10 @@ def predict(run_root: Path, manifest: dict, images: list[Path], artifact: str | 
     meta = metadata(path, fmt)
     c, h, w = meta["input_size"] if meta.get("layout", "NCHW") == "NCHW" else np.roll(meta["input_size"], 1)
     batch = np.stack([load_image(Path(p), c, (h, w)) for p in images])  # every file checked before running
-    model = (TfliteModel if fmt.runtime == "tflite" else OnnxModel)(str(path), 1, (c, h, w))
+    try:
+        model = (TfliteModel if fmt.runtime == "tflite" else OnnxModel)(str(path), 1, (c, h, w))
+    except RuntimeMissing as exc:  # its message is the pip command
+        raise UserError(str(exc)) from None
     x = normalize(batch, meta["mean"], meta["std"])
     out = []
     for image, row in zip(images, x):

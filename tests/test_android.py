@@ -97,20 +97,36 @@ def test_bench_android_merges_into_the_report(phone):
     row = device["rows"][0]
     assert row["status"] == "ok" and row["top1"] == 0.9 and row["accuracy_source"].startswith("host")
     assert row["latency"]["one_thread"]["p50_ms"] == pytest.approx(51.891)
-    assert device["machine"]["device"] == "Pixel 7 (emulator-5554)" and device["machine"]["cores"] == 8
+    assert device["machine"]["device"] == "Pixel 7 (emulator-5554, xnnpack)" and device["machine"]["cores"] == 8
     log = calls.read_text()
     assert "push" in log and "--num_threads=1" in log and "--num_threads=4" in log and "--use_xnnpack=true" in log
     assert "Pixel 7" in (run.root / "benchmark" / "report.md").read_text()
 
 
-def test_delegate_and_failed_model(phone, monkeypatch):
+def test_delegate_and_a_phone_that_measured_nothing(phone, monkeypatch, cli):
+    """Every model failed: the command says why and exits 2, and no device of failed rows joins the report."""
     run, calls = phone
     monkeypatch.setenv("FAKE_ADB_LOG", str(FIXTURES / "benchmark_model_failed.txt"))
-    cfg = config_mod.load("smoke", ["android.delegate=gpu"])
-    android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
-    device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
-    assert device["rows"][0]["status"] == "failed" and "allocate tensors" in device["rows"][0]["reason"]
+    result = cli("-c", "smoke", "-r", str(run.root), "--set", "android.delegate=gpu", "bench-android", "tflite_int8")
+    assert result.exit_code == 2, result.output
+    assert "no model was measured (tflite_int8: benchmark_model failed:" in result.output
+    assert "allocate tensors" in result.output and len(result.output.strip().splitlines()) == 1
     assert "--use_gpu=true" in calls.read_text()
+    assert not (run.root / "benchmark" / "devices").exists()
+
+
+def test_each_delegate_is_a_device_of_its_own(phone, monkeypatch):
+    """A gpu run replaced the xnnpack rows of the same phone, and no table said which delegate it was."""
+    run, _ = phone
+    for delegate, log in (("xnnpack", "benchmark_model_xnnpack.txt"), ("gpu", "benchmark_model_old.txt")):
+        monkeypatch.setenv("FAKE_ADB_LOG", str(FIXTURES / log))
+        cfg = config_mod.load("smoke", [f"android.delegate={delegate}"])
+        android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
+    docs = [json.loads(p.read_text()) for p in sorted((run.root / "benchmark" / "devices").glob("*.json"))]
+    assert [(d["machine"]["device"], d["rows"][0]["delegate"]) for d in docs] == [
+        ("Pixel 7 (emulator-5554, gpu)", "gpu"), ("Pixel 7 (emulator-5554, xnnpack)", "xnnpack")]
+    report = (run.root / "benchmark" / "report.md").read_text()
+    assert "| Pixel 7 (emulator-5554, gpu) |" in report and "| Pixel 7 (emulator-5554, xnnpack) |" in report
 
 
 def test_no_device_and_no_adb_are_one_line_errors(phone, monkeypatch, cli, tmp_path):
@@ -123,6 +139,17 @@ def test_no_device_and_no_adb_are_one_line_errors(phone, monkeypatch, cli, tmp_p
     assert not (run.root / "benchmark" / "devices").exists()  # nothing half-written
 
 
+def test_an_adb_that_cannot_be_run_is_a_one_line_error(phone, cli, tmp_path):
+    """An adb unzipped without its execute bit (or any other file) raised PermissionError: internal error."""
+    run, _ = phone
+    plain = tmp_path / "adb-no-x"
+    plain.write_text("#!/bin/sh\n")
+    result = cli("-c", "smoke", "-r", str(run.root), "--set", f"android.adb={plain}", "bench-android")
+    assert result.exit_code == 2, result.output
+    assert f"cannot run adb '{plain}': Permission denied" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_only_tflite_models(phone):
     run, _ = phone
     cfg = config_mod.load("smoke")
@@ -130,8 +157,9 @@ def test_only_tflite_models(phone):
         android_report.bench(run, cfg, cfg.android, ["onnx_fp32"])
 
 
-def test_odd_phone_output_fails_one_row_not_the_command(phone, monkeypatch, tmp_path):
-    """A vendor log with bytes that are not UTF-8 still parses; a malformed number fails that model only."""
+def test_odd_phone_output(phone, monkeypatch, tmp_path):
+    """A vendor log with bytes that are not UTF-8 still parses; a malformed number fails that model (here the only
+    one, so nothing is merged and the earlier result stays)."""
     run, _ = phone
     good = (FIXTURES / "benchmark_model_xnnpack.txt").read_bytes()
     noisy = tmp_path / "noisy.txt"
@@ -144,6 +172,7 @@ def test_odd_phone_output_fails_one_row_not_the_command(phone, monkeypatch, tmp_
     broken = tmp_path / "broken.txt"
     broken.write_text(good.decode().replace("avg=", "avg=1.2.", 2))
     monkeypatch.setenv("FAKE_ADB_LOG", str(broken))
-    android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
+    with pytest.raises(UserError, match="no model was measured .tflite_int8: benchmark_model failed"):
+        android_report.bench(run, cfg, cfg.android, ["tflite_int8"])
     device = json.loads(next((run.root / "benchmark" / "devices").glob("*.json")).read_text())
-    assert device["rows"][0]["status"] == "failed" and "benchmark_model failed" in device["rows"][0]["reason"]
+    assert device["rows"][0]["status"] == "ok"  # the earlier result stays

@@ -64,9 +64,16 @@ def test_refuses_without_qemu(monkeypatch, tmp_path):
 
 def test_refuses_a_bundle_without_models(tmp_path):
     with pytest.raises(UserError, match="carries no models"):
-        arm_check.unpack(_tar(tmp_path / "b.tar.gz", {"models": []}), tmp_path / "u")
+        arm_check.unpack(_tar(tmp_path / "b.tar.gz", {"schema": runner.BUNDLE_SCHEMA, "models": []}), tmp_path / "u")
     with pytest.raises(UserError, match="is not a bundle"):
         arm_check.unpack(tmp_path / "missing.tar.gz", tmp_path / "u")
+
+
+def test_refuses_a_bundle_of_another_format(tmp_path):
+    """It was accepted, and failed later with a KeyError."""
+    old = _tar(tmp_path / "b.tar.gz", {"schema": "compress.bundle/0", "models": [{"artifact": "x"}]})
+    with pytest.raises(UserError, match="bundle.json is not of format compress.bundle/1; rebuild the bundle"):
+        arm_check.unpack(old, tmp_path / "u")
 
 
 def test_cli_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
@@ -83,6 +90,21 @@ def test_compress_bundle_check_arm_without_root_exits_2(tmp_path, monkeypatch, c
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     result = cli("-c", "smoke", "-r", str(run.root), "bundle", "--format", "tflite_int8", "--check-arm")
     assert result.exit_code == 2 and "needs root" in result.output, result.output
+
+
+def test_a_failed_runner_gives_its_real_reason_not_its_last_line(tmp_path):
+    """The error said 'failed (exit 2): wrote .../host.json': stdout's last line, not why."""
+    import sys
+
+    out = tmp_path / "host.json"
+    failed = {"artifact": "tflite_int8", "status": "failed", "reason": "error: no TFLite runtime installed"}
+    out.write_text(json.dumps(_doc([failed, {**failed, "artifact": "onnx_fp32"}], "arm64 (emulated)")))
+    quiet = [sys.executable, "-c", f"print('tflite_int8 FAILED'); print('wrote {out}'); raise SystemExit(2)"]
+    with pytest.raises(UserError, match=r"runner failed \(exit 2\): tflite_int8: error: no TFLite runtime installed$"):
+        arm_check._run(quiet, "runner", results=out)
+    loud = [sys.executable, "-c", "import sys; print('wrote x'); sys.exit('error: bundle.json not found')"]
+    with pytest.raises(UserError, match=r"runner failed \(exit 1\): error: bundle.json not found$"):
+        arm_check._run(loud, "runner", results=out)
 
 
 # --- comparing per image ----------------------------------------------------------------------------------------

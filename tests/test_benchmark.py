@@ -183,6 +183,35 @@ def test_report_add_merges_and_refuses_other_runs(tmp_path, cli):
         run.root / "benchmark" / "report.md")  # recorded, so the stage is not made stale
 
 
+def test_report_add_refuses_a_device_named_like_the_host(tmp_path, cli):
+    """runner.py names a board by its hostname: a board called like the host was merged into the host's rows."""
+    run, doc = _run_with_results(tmp_path)
+    board = tmp_path / "board.json"
+    rows = [_row("tflite_int8", 0.9, 5.0, "tflite", "int8")]
+    board.write_text(json.dumps({**_doc("host", doc["run"]["run_id"], rows), "created": "2000-01-01T00:00:00"}))
+    before = (run.root / "benchmark" / "report.md").read_text()
+    result = cli("-r", str(run.root), "-c", "smoke", "report", "--add", str(board))
+    assert result.exit_code == 2, result.output
+    assert "device 'host' is the host's name; rerun runner.py --device NAME on the board" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (run.root / "benchmark" / "report.md").read_text() == before
+    assert not (run.root / "benchmark" / "devices").exists()
+
+
+def test_report_add_refuses_a_result_in_which_nothing_was_measured(tmp_path, cli):
+    """runner.py writes its results.json even when every model failed (e.g. no runtime installed)."""
+    run, doc = _run_with_results(tmp_path)
+    failed = {"artifact": "tflite_int8", "status": "failed", "reason": "no TFLite runtime installed"}
+    board = tmp_path / "board.json"
+    board.write_text(json.dumps(_doc("pi4", doc["run"]["run_id"], [failed, {**failed, "artifact": "onnx_fp32"}])))
+    before = (run.root / "benchmark" / "report.md").read_text()
+    result = cli("-r", str(run.root), "-c", "smoke", "report", "--add", str(board))
+    assert result.exit_code == 2, result.output
+    assert "no model was measured (tflite_int8: no TFLite runtime installed)" in result.output
+    assert (run.root / "benchmark" / "report.md").read_text() == before
+    assert not (run.root / "benchmark" / "devices").exists()
+
+
 @pytest.mark.slow
 def test_benchmark_stage_measures_every_artifact(tmp_path, tflite_dir):
     cfg = smoke_config()

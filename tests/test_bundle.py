@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fixtures.bench_run import make_tflite
@@ -57,12 +58,32 @@ def test_bundle_contents(tflite_run, tmp_path):
     assert spec["run"]["run_id"] == inventory.run_info(tflite_run.root, tflite_run.manifest())["run_id"]
     assert [m["artifact"] for m in spec["models"]] == ["tflite_int8", "tflite_fp32"]
     assert spec["models"][0]["meta"]["mean"] and (folder / spec["models"][0]["file"]).is_file()
+    assert [m["meta"]["layout"] for m in spec["models"]] == ["NHWC", "NHWC"]  # the data's NCHW was copied here
     assert (folder / "requirements.txt").read_text().split() == ["numpy>=1.23.2", "ai-edge-litert==2.3.0"]
     assert "pip install -r requirements.txt      # numpy>=1.23.2 + ai-edge-litert==2.3.0" in (
         folder / "README.md").read_text()
     assert "import torch" not in (folder / "runner.py").read_text()
     import numpy as np
     assert len(np.load(folder / "eval.npz")["labels"]) == 100
+
+
+def test_the_eval_subset_covers_every_class_in_proportion(tmp_path):
+    """It was the first N test images, and a photo folder's test split is sorted by class: the board's top-1
+    covered the first classes only."""
+    import numpy as np
+    import torch
+
+    labels = torch.tensor([0] * 20 + [1] * 10 + [2] * 10 + [3] * 10)  # class-sorted, as photo_scan lists them
+    ds = SimpleNamespace(test_x=torch.arange(50, dtype=torch.uint8).reshape(50, 1, 1, 1), test_y=labels,
+                         mean=[0.5], std=[0.5])
+    first = np.load(inventory.write_eval_set(tmp_path / "a.npz", ds, 20))
+    again = np.load(inventory.write_eval_set(tmp_path / "b.npz", ds, 20))
+    assert np.bincount(first["labels"]).tolist() == [8, 4, 4, 4]
+    assert (first["images"] == again["images"]).all()  # the same images every time: host and boards compare
+    picked = first["images"].ravel()
+    assert (np.diff(picked) > 0).all() and (labels.numpy()[picked] == first["labels"]).all()  # in split order
+    every = np.load(inventory.write_eval_set(tmp_path / "c.npz", ds, 0))  # 0 or >= the split: all, unchanged
+    assert (every["images"].ravel() == np.arange(50)).all() and (every["labels"] == labels.numpy()).all()
 
 
 def test_bundle_refuses_missing_or_torch_models(tflite_run):
@@ -98,6 +119,41 @@ def test_an_out_that_cannot_be_written_is_one_line(tflite_run, tmp_path, cli):
         assert message in result.output and "pick another path" in result.output
         assert len(result.output.strip().splitlines()) == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_runner_refuses_an_out_in_a_missing_folder_before_measuring(tmp_path, monkeypatch, capsys):
+    """It measured every model (minutes on a Pi), then lost them all to a FileNotFoundError traceback."""
+    from deploy import runner
+
+    (tmp_path / "bundle.json").write_text("{}")
+    monkeypatch.setattr(runner, "run_bundle", lambda *a: pytest.fail("measured before checking --out"))
+    out = tmp_path / "nowhere" / "r.json"
+    assert runner.main(["--bundle", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {out.parent} does not exist; create it or pass another --out" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_runner_without_numpy_says_what_to_install(tmp_path):
+    shadow = tmp_path / "shadow" / "numpy"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named numpy')\n")
+    runner = Path(bundle.__file__).with_name("runner.py")
+    proc = subprocess.run([sys.executable, str(runner)], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(tmp_path / "shadow"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert proc.stderr == "error: numpy is not installed; run: pip install -r requirements.txt\n"
+
+
+def test_runner_refuses_a_bundle_of_another_format(tmp_path):
+    """Any bundle.json was accepted: one of another format failed with a KeyError traceback."""
+    (tmp_path / "bundle.json").write_text(json.dumps({"schema": "compress.bundle/0", "entries": []}))
+    runner = Path(bundle.__file__).with_name("runner.py")
+    proc = subprocess.run([sys.executable, str(runner), "--bundle", str(tmp_path), "--out", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: {tmp_path / 'bundle.json'} is of format 'compress.bundle/0', not "
+                           "'compress.bundle/1'; rebuild the bundle with 'compress bundle' and copy it here again\n")
 
 
 def test_runtime_option_packs_tflite_runtime_with_numpy_1(tflite_run, tmp_path, cli):

@@ -3,6 +3,8 @@ and TFLite XNNPACK partitions (two litert-torch int8 conversions: 7-12 s on the 
 this file may take; mark it slow if it grows past that)."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +173,34 @@ def test_inspect_prints_the_audit_and_refuses_what_it_cannot_read(tmp_path, cli)
                        (tmp_path, "is a folder"), (int8.with_suffix(".txt"), "not a .tflite or .onnx")):
         result = cli("inspect", str(bad))
         assert result.exit_code == 2 and words in result.output, result.output
+
+
+def test_inspect_takes_an_upper_case_suffix(tmp_path, cli, monkeypatch):
+    """'MODEL.ONNX' was refused as 'not a .tflite or .onnx file'."""
+    torch.manual_seed(0)
+    _, int8 = _ort_int8(tmp_path, Tiny())
+    upper = tmp_path / "M [b].ONNX"
+    upper.write_bytes(int8.read_bytes())
+    result = cli("inspect", str(upper))
+    assert result.exit_code == 0 and "int8 kernels 100% of MACs" in result.output, result.output
+    for module in ("ai_edge_litert", "ai_edge_litert.interpreter"):  # .TFLITE goes to the TFLite audit
+        monkeypatch.setitem(sys.modules, module, None)
+    (tmp_path / "M.TFLITE").write_bytes(b"a model file")
+    assert "ai-edge-litert is not installed" in cli("inspect", str(tmp_path / "M.TFLITE")).output
+
+
+@pytest.mark.parametrize("name, modules, package", [
+    ("m.tflite", ("ai_edge_litert", "ai_edge_litert.interpreter"), "ai-edge-litert"),
+    ("m.onnx", ("onnxruntime",), "onnxruntime")])
+def test_inspect_without_the_runtime_names_the_package_not_a_damaged_file(tmp_path, monkeypatch, cli, name, modules,
+                                                                          package):
+    for module in modules:  # the submodule too: an earlier test may have imported it
+        monkeypatch.setitem(sys.modules, module, None)
+    (tmp_path / name).write_bytes(b"a model file")  # never read: the import fails first
+    result = cli("inspect", str(tmp_path / name))
+    assert result.exit_code == 2, result.output
+    assert f"{package} is not installed" in result.output and f"pip install {package}" in result.output
+    assert "damaged" not in result.output
 
 
 def test_the_int8_rewrite_of_hard_swish_keeps_the_function():

@@ -59,3 +59,37 @@ def test_a_path_that_is_not_an_image_file_says_what_it_is(tmp_path, make, messag
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _lab_tiff(path):
+    Image.new("LAB", (20, 20)).save(path)  # Photoshop saves these; Pillow cannot make L of Lab
+
+
+def _big_png(path):
+    Image.new("L", (40, 40)).save(path)  # over twice the lowered pixel limit: DecompressionBombError
+
+
+@pytest.mark.parametrize("make, message", [
+    (_lab_tiff, r"x.tif is not an image file that can be read \(ValueError: conversion from LAB to \w+ not supported"),
+    (_big_png, r"x.tif has more pixels than Pillow decodes \(Image size \(1600 pixels\)\); scale it down"),
+], ids=["lab", "huge"])
+def test_an_image_pillow_cannot_convert_or_decode_is_a_one_line_error(tmp_path, monkeypatch, make, message):
+    """These ended in 'internal error' (exit 1) and, for a batch, without naming the file."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    make(tmp_path / "x.tif")
+    with pytest.raises(UserError, match=message):
+        predict.load_image(tmp_path / "x.tif", 1, (8, 8))  # a grey model, as the smoke run's
+
+
+def test_a_missing_runtime_is_a_one_line_error_saying_what_to_install(tmp_path, monkeypatch):
+    """RuntimeMissing is not a UserError: predict ended in 'internal error' (exit 1) instead of the pip line."""
+    import sys
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "onnx_fp32.onnx").write_bytes(b"unused: the runtime import fails first")
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    meta = {"mean": [0.5], "std": [0.5], "input_size": [1, 8, 8], "classes": ["a", "b"]}
+    monkeypatch.setattr(predict, "metadata", lambda path, fmt: meta)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match="onnxruntime is not installed: pip install onnxruntime"):
+        predict.predict(tmp_path, {"stages": {}}, [tmp_path / "x.png"], "onnx_fp32", 1, 0.5)

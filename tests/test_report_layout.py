@@ -121,3 +121,25 @@ def test_the_table_and_the_sentence_state_one_speedup():
     cell = markdown.cells(int8, {})[7]
     sentence = next(x for x in markdown.story(rows, "host") if "Quantization" in x)
     assert cell == "12.6x" and "runs 12.6x faster" in sentence
+
+
+def test_a_ninth_device_gets_a_marker_too(tmp_path):
+    """Eight markers were zipped with the sorted device names: the ninth device had none and raised KeyError."""
+    rows = [_row("tflite_int8", 0.9, 0.2 + i, device=f"board{i}") for i in range(9)]
+    path = pareto.pareto_png(rows, {}, tmp_path / "pareto.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_device_names_with_brackets_print_as_they_are_in_the_terminal_table(tmp_path):
+    """A board's name is free text: '[x]' vanished as markup and '[/i]' raised MarkupError."""
+    import json
+
+    (tmp_path / "results.json").write_text(json.dumps(_doc([_row("tflite_int8", 0.9, 0.2)])))
+    (tmp_path / "devices").mkdir()
+    for name in ("pi [x]", "bench[/i]"):
+        board = _doc([_row("tflite_int8", 0.9, 5.0, device=name)], device=name)
+        (tmp_path / "devices" / f"{name.replace('/', '_')}.json").write_text(json.dumps(board))
+    console = Console(width=150, record=True)
+    console.print(write.rich_table(tmp_path, 0.5))
+    text = console.export_text()
+    assert "pi [x]" in text and "bench[/i]" in text

@@ -126,10 +126,15 @@ def inspect(path) -> list[str]:
         raise UserError(f"{path} is a folder; give a .tflite or .onnx model file in it")
     if not path.is_file():
         raise UserError(f"{path} does not exist; give a .tflite or .onnx model file")
-    if path.suffix not in (".tflite", ".onnx"):
+    suffix = path.suffix.lower()  # MODEL.ONNX too
+    if suffix not in (".tflite", ".onnx"):
         raise UserError(f"{path} is not a .tflite or .onnx file; give a model file the quantize stage wrote")
     try:
-        full = tflite_audit(path) if path.suffix == ".tflite" else onnx_audit(path)
+        full = tflite_audit(path) if suffix == ".tflite" else onnx_audit(path)
+    except ImportError as exc:  # the runtime is missing, not the file damaged
+        module = exc.name or ("ai_edge_litert" if suffix == ".tflite" else "onnxruntime")
+        package = module.partition(".")[0].replace("_", "-")
+        raise UserError(f"{path} cannot be inspected: {package} is not installed; pip install {package}") from exc
     except Exception as exc:  # noqa: BLE001 - the runtimes raise many types for a damaged file
         raise UserError(f"{path} cannot be loaded by its runtime ({type(exc).__name__}); is it damaged? "
                         "rerun 'compress all' to rebuild it") from exc

@@ -81,15 +81,32 @@ def settings(bcfg) -> dict:
 
 
 def write_eval_set(path: Path, ds, limit: int, split: str = "test") -> Path:
-    """The split's images (uint8 NCHW), labels and the normalisation the models were trained with, as one npz."""
+    """The split's images (uint8 NCHW), labels and the normalisation the models were trained with, as one npz:
+    every image, or ``limit`` of them taken by ``sample``."""
     import numpy as np
 
     from pipeline.files import atomic_path
 
-    x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
-    n = len(y) if limit <= 0 else min(limit, len(y))
+    x, y = getattr(ds, f"{split}_x").numpy(), getattr(ds, f"{split}_y").numpy()
+    if 0 < limit < len(y):
+        keep = sample(y, limit)
+        x, y = x[keep], y[keep]
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, images=x[:n].numpy(), labels=y[:n].numpy(),
+            np.savez_compressed(fh, images=x, labels=y,
                                 mean=np.asarray(ds.mean, np.float32), std=np.asarray(ds.std, np.float32))
     return path
+
+
+def sample(labels, n: int, seed: int = 0):
+    """Indices of ``n`` labels, each class in proportion to its count, in their original order. Not a prefix: a
+    photo folder's test split is sorted by class, so its first n images would cover the first classes only.
+    Shuffled within each class by a fixed seed, so the benchmark and every bundle take the same images."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rank = np.empty(len(labels))
+    for c in np.unique(labels):  # a class's k-th shuffled image ranks (k + 0.5) / its count: n smallest ranks
+        idx = np.flatnonzero(labels == c)
+        rank[rng.permutation(idx)] = (np.arange(len(idx)) + 0.5) / len(idx)
+    return np.sort(np.argsort(rank, kind="stable")[:n])

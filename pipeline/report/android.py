@@ -33,6 +33,7 @@ def bench(run, cfg, acfg, names: list[str]) -> Path:
                         "into its report and take their accuracy from it)")
     host = {r["artifact"]: r for r in load_results(results)["rows"]}
     phone, rows = android.measure(acfg, [(f, inventory.locate(run.root, manifest, f.name)) for f in fmts], host)
+    write.measured(rows, phone["device"])
     doc = results_doc(inventory.run_info(run.root, manifest), phone, {"android": dataclasses.asdict(acfg)}, rows)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "android.json"

@@ -46,7 +46,8 @@ def pareto_png(rows: list[dict], best: dict, path: Path) -> Path:
     plt = pyplot()
     fig, (ax, key) = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [3, 1.15]})
     pts = sorted((r for r in rows if r["status"] == "ok" and r.get("top1") is not None), key=p50)
-    markers = dict(zip(sorted({r["device"] for r in pts}), "osD^vP<>"))
+    shapes = "osD^vP<>"  # reused past the eighth device; the key names each point's device
+    markers = {d: shapes[i % len(shapes)] for i, d in enumerate(sorted({r["device"] for r in pts}))}
     for r in pts:
         ax.scatter(p50(r), 100 * r["top1"], marker=markers[r["device"]], s=45,
                    color="tab:red" if r["runtime"] == "torch" else "tab:blue")

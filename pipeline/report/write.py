@@ -41,9 +41,13 @@ def add(run, files: list[Path], max_drop: float) -> list[Path]:
         if (d["machine"]["device"], d.get("created")) == (doc["machine"]["device"], doc.get("created")):
             raise UserError(f"{f} is this run's own benchmark/results.json, already in the report; give the "
                             "results.json a board or phone wrote")
+        if d["machine"]["device"] == doc["machine"]["device"]:  # its rows would pass for the host's
+            raise UserError(f"{f}: device '{d['machine']['device']}' is the host's name; rerun runner.py --device "
+                            "NAME on the board")
         if d["run"]["run_id"] != doc["run"]["run_id"]:
             raise UserError(f"{f} was measured on the models of run {d['run']['run_id']}, not this run's "
                             f"{doc['run']['run_id']}; rebuild the bundle from this run and measure again")
+        measured(d["rows"], str(f))
     for d in docs:
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in d["machine"]["device"])
         target = bench / DEVICES / f"{name}.json"
@@ -60,6 +64,14 @@ def add(run, files: list[Path], max_drop: float) -> list[Path]:
         entry["outputs"] = keep + [file_record(p, run.root) for p in outputs]
         run.record("benchmark", entry)
     return outputs
+
+
+def measured(rows: list[dict], where: str) -> None:
+    """A device result in which no model was measured is refused with the first reason: merged, it would add
+    a device of 'failed' rows to the report as if it were a result."""
+    if not any(r["status"] == "ok" for r in rows):
+        first = next((f"{r['artifact']}: {r.get('reason', 'failed')}" for r in rows), "it has no rows")
+        raise UserError(f"{where}: no model was measured ({first}); fix that and measure again (nothing merged)")
 
 
 def rich_table(bench_dir: Path, max_drop: float):
@@ -82,5 +94,6 @@ def rich_table(bench_dir: Path, max_drop: float):
         out.add_column(SHORT.get(COLUMNS[i], COLUMNS[i]), justify="left" if i < 2 else "right", no_wrap=i == 0)
     for row in rows:
         full = cells(row, best)
-        out.add_row(*(full[i] for i in keep), style=None if row["status"] == "ok" else "dim")
+        # Text, not markup: a device's name is free text from the board ('pi [x]', 'bench[/i]')
+        out.add_row(*(Text(full[i]) for i in keep), style=None if row["status"] == "ok" else "dim")
     return Group(out, *(Text(f"failed: {line}", style="dim") for line in failures(rows)))
