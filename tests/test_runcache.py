@@ -79,6 +79,20 @@ def test_a_shared_cache_dir_serves_another_run_folder(cli, tmp_path):
     assert _outputs(tmp_path / "two", "teacher") == _outputs(tmp_path / "one", "teacher")
 
 
+def test_a_run_remembers_the_cache_dir_it_ran_with(cli, tmp_path):
+    """Without the flag, status showed 0 cached variants, gc 'freed 0.0 MB' and made an empty .cache, and the next
+    run split the cache in two."""
+    run = ["-c", "smoke", "-r", str(tmp_path / "one")]
+    assert cli(*run, "--cache-dir", str(tmp_path / "cache"), "teacher").exit_code == 0
+    status = cli(*run, "status")
+    assert f"run-cache:{tmp_path / 'cache'}(" in "".join(status.output.split()), status.output
+    again = cli(*run, "--set", "teacher.lr=0.05", "teacher")
+    assert again.exit_code == 0 and not (tmp_path / "one" / ".cache").exists()
+    assert len(RunDir(tmp_path / "one", tmp_path / "cache").cache.variants("teacher")) == 2
+    assert cli(*run, "--cache-dir", str(tmp_path / "one" / ".cache"), "teacher").exit_code == 0  # back to its own
+    assert RunDir(tmp_path / "one").cache.root == tmp_path / "one" / ".cache"
+
+
 def test_gc_on_a_shared_cache_keeps_what_the_other_runs_use(cli, tmp_path):
     shared = ["-c", "smoke", "--cache-dir", str(tmp_path / "cache")]
     assert cli(*shared, "-r", str(tmp_path / "one"), "teacher").exit_code == 0

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.files import atomic_json, cannot_write
+from pipeline.files import atomic_json, atomic_write, cannot_write
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 SCRATCH = ".tmp"  # temporary files of the process holding the lock
+CACHE_DIR = ".cache-dir"  # the --cache-dir the run last ran with, where it is not the run's own .cache
 
 
 class RunDir:
@@ -26,7 +27,14 @@ class RunDir:
         from pipeline.run.cache import RunCache
 
         self.root = Path(root)
-        self.cache = RunCache(cache_dir or self.root / ".cache")
+        self.cache = RunCache(cache_dir or self._remembered_cache() or self.root / ".cache")
+
+    def _remembered_cache(self) -> Path | None:
+        """The --cache-dir of the run's last stage run: without it, status, gc and a rerun went to an empty
+        .cache of the run's own, and gc said it freed nothing."""
+        with contextlib.suppress(OSError):
+            return Path((self.root / CACHE_DIR).read_text().strip()) or None
+        return None
 
     def stage_dir(self, stage: str) -> Path:
         path = self.root / stage
@@ -66,6 +74,11 @@ class RunDir:
                 probe.unlink()
             except OSError as exc:
                 raise cannot_write(exc, f"{what} {folder}", f"pick another with {option}") from exc
+        remembered = self.root / CACHE_DIR
+        if self.cache.root.resolve() == (self.root / ".cache").resolve():
+            remembered.unlink(missing_ok=True)
+        elif self._remembered_cache() != self.cache.root.resolve():
+            atomic_write(remembered, str(self.cache.root.resolve()) + "\n")
 
     @contextlib.contextmanager
     def locked(self):
