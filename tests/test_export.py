@@ -7,7 +7,7 @@ import torch
 from rich.console import Console
 from student_fixture import make_run, run_stage, smoke_config
 
-from pipeline import models
+from pipeline import files, models
 from pipeline.errors import UserError
 from pipeline.export import onnx_tools
 
@@ -42,7 +42,8 @@ def test_metadata_read_back(exported):
         meta = onnx_tools.metadata(run.root / stage / f"{name}.onnx")
         assert meta["mean"] == ckpt["meta"]["mean"] and meta["std"] == ckpt["meta"]["std"]
         assert meta["classes"] == ckpt["meta"]["classes"] and meta["input_size"] == [1, 16, 16]
-        assert meta["layout"] == "NCHW" and meta["format"] == name and len(meta["config_hash"]) == 64
+        assert meta["layout"] == "NCHW" and meta["format"] == name
+        assert meta["student_sha256"] == files.sha256(run.root / "distill" / "student.pt")
 
 
 def test_simplify_records_counts_and_parity(exported):
