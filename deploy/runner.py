@@ -66,7 +66,8 @@ def _layout(shape, image_shape) -> str:
         return "NCHW"
     if dims == (h, w, c):
         return "NHWC"
-    raise ValueError(f"model input {list(shape)} fits neither N x {c} x {h} x {w} nor N x {h} x {w} x {c}")
+    shown = [int(d) if isinstance(d, (int, np.integer)) else d for d in shape]  # not np.int32(1)
+    raise ValueError(f"model input {shown} fits neither N x {c} x {h} x {w} nor N x {h} x {w} x {c}")
 
 
 class OnnxModel:

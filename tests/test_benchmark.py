@@ -291,3 +291,9 @@ def test_the_student_alone_is_listed_only_when_the_distill_stage_trained_it(tmp_
     (tmp_path / "distill" / "baseline.pt").write_bytes(b"x")
     assert rows(manifest("student.pt", "baseline.pt"))["student_alone_fp32"] == "ok"
     assert rows({"stages": {}})["student_alone_fp32"] == "ok"  # no manifest (run_info): what is on disk
+
+
+def test_a_model_of_another_input_size_names_its_shape_in_plain_numbers():
+    """TFLite reports its input shape as numpy int32s: the message read 'model input [np.int32(1), ...]'."""
+    with pytest.raises(ValueError, match=r"model input \[1, 16, 16, 1\] fits neither N x 1 x 24 x 24"):
+        runner._layout(np.array([1, 16, 16, 1], dtype=np.int32), (1, 24, 24))
