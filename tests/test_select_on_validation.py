@@ -30,6 +30,7 @@ def test_fit_measures_validation_every_epoch_and_test_once(tmp_path, monkeypatch
             out["val_top1"] = next(vals)
         return out
     monkeypatch.setattr(engine, "evaluate", fake_eval)
+    (tmp_path / "best.pt").write_bytes(b"an earlier version's")
     result = fit(Classifier(model), model, ds, cfg, tmp_path, seed=0, fingerprint="f", console=Console(quiet=True))
     assert [h["val_top1"] for h in result.history] == [0.5, 0.9, 0.7]
     assert all("test_top1" not in h for h in result.history)  # no per-epoch look at the test set

@@ -170,6 +170,7 @@ def fit(task: nn.Module, model: nn.Module, ds: data_mod.Dataset, cfg: TrainConfi
     in this process alone under torchrun (a stage that rank 0 runs by itself).
     """
     state = _resume_state(out_dir / "last.pt", fingerprint, console)
+    (out_dir / "best.pt").unlink(missing_ok=True)  # written by earlier versions, never read: not the model handed on
     t = _trainer(task, model, ds, cfg, seed=seed, console=console, augment=augment, device_name=device_name,
                  label=label, section=section, distributed=distributed, resumed=state)
     d, cfg = t.d, t.cfg
