@@ -91,6 +91,8 @@ def test_a_run_remembers_the_cache_dir_it_ran_with(cli, tmp_path):
     assert len(RunDir(tmp_path / "one", tmp_path / "cache").cache.variants("teacher")) == 2
     assert cli(*run, "--cache-dir", str(tmp_path / "one" / ".cache"), "teacher").exit_code == 0  # back to its own
     assert RunDir(tmp_path / "one").cache.root == tmp_path / "one" / ".cache"
+    (tmp_path / "one" / ".cache-dir").write_text("\n")  # emptied by hand: the run's own, not the working folder
+    assert RunDir(tmp_path / "one").cache.root == tmp_path / "one" / ".cache"
 
 
 def test_gc_on_a_shared_cache_keeps_what_the_other_runs_use(cli, tmp_path):

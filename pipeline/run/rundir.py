@@ -33,7 +33,8 @@ class RunDir:
         """The --cache-dir of the run's last stage run: without it, status, gc and a rerun went to an empty
         .cache of the run's own, and gc said it freed nothing."""
         with contextlib.suppress(OSError):
-            return Path((self.root / CACHE_DIR).read_text().strip()) or None
+            text = (self.root / CACHE_DIR).read_text().strip()
+            return Path(text) if text else None  # Path("") would be the working folder
         return None
 
     def stage_dir(self, stage: str) -> Path:

@@ -256,7 +256,7 @@ class Runner:
                 self._run_stage(name, fingerprint)
             if is_main_process():
                 self._drop_leftovers(manifest["stages"].get(name), self.run.manifest()["stages"].get(name))
-            if is_main_process():  # the config of what ran; a run that fails before any stage leaves it alone
+                # the config of what ran; a run that fails before any stage leaves it alone
                 atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
             states = self.states(self.run.manifest())  # what ran changes what comes after it
 
