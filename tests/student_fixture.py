@@ -9,6 +9,7 @@ from rich.console import Console
 
 from pipeline import config as config_mod
 from pipeline import data, models
+from pipeline.files import file_record
 from pipeline.run.rundir import RunDir
 from pipeline.run.runner import Context
 
@@ -53,6 +54,7 @@ def run_stage(run: RunDir, cfg: config_mod.Config, name: str) -> Context:
     mod = importlib.import_module(f"stages.{name}")
     ctx = Context(cfg, run, name, "test", Console(quiet=True))
     outputs = mod.run(ctx)
-    run.record(name, {"fingerprint": "test", "outputs": [], "metrics": ctx.metrics})
+    run.record(name, {"fingerprint": "test", "outputs": [file_record(p, run.root) for p in outputs],
+                      "metrics": ctx.metrics})
     ctx.outputs = outputs
     return ctx
