@@ -13,7 +13,7 @@ def reference(ctx):
     """The student, its checkpoint, the data set, and the parity images with PyTorch's logits for them."""
     from pipeline import data, models
     from pipeline.errors import UserError
-    from pipeline.export import artifacts
+    from pipeline.export import artifacts, inventory
     from pipeline.train.evaluate import predict
 
     model, ckpt = models.load_model(ctx.input("distill", "student.pt"))
@@ -22,7 +22,8 @@ def reference(ctx):
     if (meta["channels"], meta["size"]) != (ds.channels, ds.size):
         raise UserError(f"the student takes {meta['channels']}x{meta['size']}px images but data set "
                         f"'{ds.name}' has {ds.channels}x{ds.size}px; use the config the student was trained with")
-    x = ds.test_x[:ctx.cfg.export.parity_images]
+    n = ctx.cfg.export.parity_images  # every class in proportion: a photo folder's test split is in class order
+    x = ds.test_x[inventory.sample(ds.test_y.numpy(), n)] if n < len(ds.test_y) else ds.test_x
     ref = predict(model, x, ds).numpy()
     return model, ckpt, ds, artifacts.normalized(ds, x), ref
 

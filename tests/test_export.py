@@ -114,3 +114,26 @@ def test_truncated_onnx_is_a_user_error(exported, tmp_path):
     bad.write_bytes((run.root / "export" / "onnx_fp32.onnx").read_bytes()[:500])
     with pytest.raises(UserError, match="truncated or corrupt"):
         onnx_tools.load(bad)
+
+
+def test_the_parity_images_cover_every_class_of_a_test_split_in_class_order(exported, monkeypatch):
+    """They were the first export.parity_images test images: in a photo folder's test split, which is in class
+    order, the first classes only."""
+    import dataclasses
+
+    from pipeline import data
+    from pipeline.run.runner import Context
+    from stages import export
+
+    cfg, run, *_ = exported
+    real = data.load
+
+    def class_ordered(dcfg, seed):  # every image of class k is the pixel value 40 k: its class is in its pixels
+        ds = real(dcfg, seed)
+        y = ds.test_y.sort().values
+        x = (y * 40).to(torch.uint8)[:, None, None, None].expand_as(ds.test_x).contiguous()
+        return dataclasses.replace(ds, test_x=x, test_y=y)
+    monkeypatch.setattr(data, "load", class_ordered)
+    cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, parity_images=16))
+    _, _, ds, x, _ = export.reference(Context(cfg, run, "export", "test", Console(quiet=True)))
+    assert len(x) == 16 and len({round(float(v), 4) for v in x[:, 0, 0, 0]}) == len(ds.classes)
