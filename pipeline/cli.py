@@ -49,7 +49,7 @@ def _setup():
     return cfg, run
 
 
-def _run(to: Optional[str], start: Optional[str], force: Optional[str]) -> None:
+def _run(to: Optional[str], start: Optional[str], force: Optional[str]) -> dict[str, str]:
     cfg, run = _setup()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from pipeline.train.devices import init_distributed
@@ -58,7 +58,7 @@ def _run(to: Optional[str], start: Optional[str], force: Optional[str]) -> None:
     main = runner_mod.is_main_process()  # under torchrun, ranks > 0 train alongside but write nothing
     with run.locked() if main else contextlib.nullcontext():
         runner = runner_mod.Runner(cfg, run, console if main else Console(quiet=True), STATE.debug)
-        runner.run_all(runner.select(to=to, start=start), force=force)
+        return runner.run_all(runner.select(to=to, start=start), force=force)
 
 
 ForceOpt = Annotated[Optional[str], typer.Option("--force", help="Rerun this stage and every stage after it.")]
@@ -72,22 +72,19 @@ def all_(
     to: Annotated[Optional[str], typer.Option("--to", help="Last stage to run.")] = None,
 ):
     """Run every stage in order, skipping those whose inputs and config have not changed."""
-    _run(to, start, force)
-    _print_report(current_only=True)
+    _print_report(_run(to, start, force))
 
 
-def _print_report(current_only: bool = False) -> None:
-    """The benchmark table, when the run has one; with ``current_only`` (the end of 'compress all') only when it
+def _print_report(states: dict[str, str] | None = None) -> None:
+    """The benchmark table, when the run has one; with the stages' ``states`` after 'compress all', only when it
     measured this config's models: after '--to adapt' with a new setting it is an earlier config's."""
     cfg, run = _setup()
     if runner_mod.is_main_process() and (run.root / "benchmark" / "results.json").is_file():
         from pipeline.report import write
-        if current_only:
-            state = runner_mod.Runner(cfg, run, console).states(run.manifest())["benchmark"]
-            if state != "done":
-                console.print(f"benchmark is {state}: {run.root / 'benchmark'} holds an earlier config's results; "
-                              "run 'compress all' to measure this one", highlight=False, markup=False)
-                return
+        if states is not None and states["benchmark"] != "done":
+            console.print(f"benchmark is {states['benchmark']}: {run.root / 'benchmark'} holds an earlier config's "
+                          "results; run 'compress all' to measure this one", highlight=False, markup=False)
+            return
         console.print(write.rich_table(run.root / "benchmark", cfg.benchmark.max_drop))
         console.print(f"report: {run.root / 'benchmark' / 'report.md'}", highlight=False, markup=False)
 

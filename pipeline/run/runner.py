@@ -212,7 +212,8 @@ class Runner:
                 todo.extend(upstream(load_stage(name), self.cfg))
         return wanted
 
-    def run_all(self, selected: list[str], force: str | None = None) -> None:
+    def run_all(self, selected: list[str], force: str | None = None) -> dict[str, str]:
+        """Run what ``selected`` needs; returns every stage's state after it (Runner.states)."""
         if force is not None and force not in self.stages:
             raise UserError(f"unknown stage '{force}' for --force; stages are: {', '.join(self.stages)}")
         if is_main_process():
@@ -259,6 +260,7 @@ class Runner:
                 # the config of what ran; a run that fails before any stage leaves it alone
                 atomic_write(self.run.root / "config.yaml", config_mod.dump(self.cfg))
             states = self.states(self.run.manifest())  # what ran changes what comes after it
+        return states
 
     def _drop_leftovers(self, before: dict | None, now: dict | None) -> None:
         """Remove the files the stage's previous variant wrote and this one did not (the student alone of a config
